@@ -1,0 +1,1 @@
+"""Raters, campaigns, items, leases and judgments (built in the rating issue)."""

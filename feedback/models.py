@@ -1,0 +1,1 @@
+"""Quality control, ratings, snapshots and retraining rounds (built in the feedback issue)."""

@@ -1,0 +1,109 @@
+from django.conf import settings
+from django.db import models
+
+from rendering.layouts import layout_names
+
+
+class Split(models.TextChoices):
+    TRAIN = "train"  # used for fitting policies and critics
+    VAL = "val"  # model selection during training
+    TEST = "test"  # held out: benchmark metrics and campaigns only
+
+
+class Dataset(models.Model):
+    """A corpus of episodes in one face-model layout."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    face_model = models.CharField(
+        max_length=40, choices=[(n, n) for n in layout_names()], help_text="action layout"
+    )
+    description = models.TextField(blank=True)
+    source_format = models.CharField(max_length=40, help_text="importer that created it")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Episode(models.Model):
+    """One speaker segment and the listener's ground truth.
+
+    Arrays are float32 ``.npy`` blobs addressed by sha256 (``rendering.blobs``); only the hashes
+    live here. ``content_hash`` covers every stream and the metadata, so importing the same files
+    twice finds every episode already present.
+    """
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="episodes")
+    key = models.CharField(max_length=200, help_text="the episode's id inside its dataset")
+    split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN)
+    fps = models.FloatField()
+    n_frames = models.PositiveIntegerField()
+    content_hash = models.CharField(max_length=64)
+    listener_sha = models.CharField(max_length=64, help_text="(T, D) ground-truth listener")
+    speaker_sha = models.CharField(max_length=64, blank=True, help_text="(T, D) speaker")
+    audio_sha = models.CharField(max_length=64, blank=True, help_text="(N,) mono waveform")
+    audio_sample_rate = models.PositiveIntegerField(null=True, blank=True)
+    audio_features_sha = models.CharField(
+        max_length=64, blank=True, help_text="precomputed audio features, e.g. L2L mel (F, 128)"
+    )
+    video_sha = models.CharField(max_length=64, blank=True, help_text="speaker video file")
+    video_ext = models.CharField(max_length=8, blank=True)
+    transcript = models.JSONField(
+        null=True, blank=True, help_text='[{"word": str, "start": s, "end": s}, …]'
+    )
+    meta = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "key"], name="episode_key_unique"),
+            models.UniqueConstraint(
+                fields=["dataset", "content_hash"], name="episode_content_unique"
+            ),
+        ]
+        indexes = [models.Index(fields=["dataset", "split"])]
+
+    def __str__(self) -> str:
+        return f"{self.dataset.name}/{self.key}"
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_frames / self.fps
+
+
+class ImportFormat(models.TextChoices):
+    BACKCHANNEL = "backchannel"  # the project's own manifest layout (docs/corpus_format.md)
+    L2L = "l2l"  # Learning-to-Listen DECA arrays
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"  # waiting for a worker
+    RUNNING = "running"  # claimed by a worker
+    SUCCEEDED = "succeeded"  # finished; result fields are filled
+    FAILED = "failed"  # finished with an error; nothing was stored
+
+
+class DatasetImport(models.Model):
+    """An uploaded corpus archive, imported by a worker on the ``default`` queue."""
+
+    upload = models.FileField(upload_to="imports/%Y/%m/")
+    format = models.CharField(max_length=20, choices=ImportFormat.choices)
+    dataset_name = models.SlugField(max_length=100, blank=True)
+    status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    progress = models.FloatField(default=0.0, help_text="percent")
+    error = models.TextField(blank=True)
+    dataset = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL)
+    episodes_created = models.PositiveIntegerField(default=0)
+    episodes_existing = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"import #{self.pk} ({self.format}, {self.status})"

@@ -1,0 +1,69 @@
+"""Small server-side SVG plots (no plotting library, no JavaScript)."""
+
+from __future__ import annotations
+
+from html import escape
+
+import numpy as np
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+
+
+def line_plot_svg(
+    series: dict[str, np.ndarray],
+    *,
+    fps: float,
+    title: str = "",
+    spans: list[tuple[float, float, str, str]] | None = None,
+    width: int = 720,
+    height: int = 180,
+) -> str:
+    """Curves over time in seconds; ``spans`` shade (start, end, colour, label) intervals."""
+    pad_l, pad_r, pad_t, pad_b = 40, 10, 22, 22
+    n = max((len(v) for v in series.values()), default=0)
+    duration = max(n / fps, 1e-6)
+    values = [v for v in series.values() if len(v)]
+    lo = float(min((v.min() for v in values), default=0.0))
+    hi = float(max((v.max() for v in values), default=1.0))
+    if hi - lo < 1e-6:
+        hi = lo + 1.0
+    pw, ph = width - pad_l - pad_r, height - pad_t - pad_b
+
+    def x(t: float) -> float:
+        return pad_l + pw * t / duration
+
+    def y(v: float) -> float:
+        return pad_t + ph * (1.0 - (v - lo) / (hi - lo))
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
+        f'<rect x="{pad_l}" y="{pad_t}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>',
+        f'<text x="{pad_l}" y="14" font-size="12" font-family="sans-serif">{escape(title)}</text>',
+    ]
+    for start, end, colour, label in spans or []:
+        parts.append(
+            f'<rect x="{x(start):.1f}" y="{pad_t}" width="{max(x(end) - x(start), 1):.1f}" '
+            f'height="{ph}" fill="{colour}" opacity="0.15"><title>{escape(label)}</title></rect>'
+        )
+    for i, (name, v) in enumerate(series.items()):
+        if not len(v):
+            continue
+        step = max(1, len(v) // pw)  # at most one point per pixel column
+        pts = " ".join(f"{x(t / fps):.1f},{y(float(v[t])):.1f}" for t in range(0, len(v), step))
+        colour = _PALETTE[i % len(_PALETTE)]
+        parts.append(
+            f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>'
+        )
+        parts.append(
+            f'<text x="{pad_l + 8 + 110 * i}" y="{height - 6}" font-size="11" fill="{colour}" '
+            f'font-family="sans-serif">{escape(name)}</text>'
+        )
+    parts.append(
+        f'<text x="4" y="{pad_t + 10}" font-size="10" font-family="sans-serif">{hi:.2f}</text>'
+        f'<text x="4" y="{pad_t + ph}" font-size="10" font-family="sans-serif">{lo:.2f}</text>'
+        f'<text x="{width - pad_r - 30}" y="{height - 6}" font-size="10" '
+        f'font-family="sans-serif">{duration:.1f} s</text>'
+    )
+    parts.append("</svg>")
+    return "".join(parts)

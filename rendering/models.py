@@ -1,0 +1,1 @@
+"""Clips and render jobs (built in the rendering issue)."""
