@@ -116,6 +116,14 @@ IMPORT_MAX_FILE_BYTES = env.int("IMPORT_MAX_FILE_BYTES", default=512 * 1024**2)
 IMPORT_MAX_TOTAL_BYTES = env.int("IMPORT_MAX_TOTAL_BYTES", default=16 * 1024**3)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024**2  # larger uploads stream to a temporary file
 
+# --- rendering and the policy ----------------------------------------------------------------
+# A FLAME model file the user provides (the official files may not be redistributed).
+FLAME_MODEL_PATH = env("FLAME_MODEL_PATH", default="")
+# pyrender's OpenGL platform: "osmesa" (CPU) or "egl" (GPU). Empty: chosen by the renderer.
+RENDER_GL_PLATFORM = env("RENDER_GL_PLATFORM", default="")
+# Lifetime of signed clip URLs shown to raters.
+CLIP_URL_MAX_AGE_S = env.int("CLIP_URL_MAX_AGE_S", default=900)
+
 # --- Celery -----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
 EMBEDDED_BROKER = CELERY_BROKER_URL.startswith("filesystem://")

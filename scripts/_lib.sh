@@ -11,6 +11,8 @@ fi
 
 setup_venv() {  # setup_venv REQUIREMENTS_FILE
   local req="$1"
+  # Headless rendering (OSMesa) and video encoding.
+  apt_install libosmesa6 ffmpeg
   if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     "${PYTHON:-python3}" -m venv .venv
@@ -19,6 +21,8 @@ setup_venv() {  # setup_venv REQUIREMENTS_FILE
   if [ ! -f "$stamp" ]; then
     echo "==> installing $req (first run takes a minute or two)"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+      -r requirements-nodeps.txt
     touch "$stamp"
   fi
 }
