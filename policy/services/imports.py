@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -97,6 +98,17 @@ def _local_copy(job: DatasetImport) -> Iterator[Path]:
         shutil.copyfileobj(src, tmp)
         tmp.flush()
         yield Path(tmp.name)
+
+
+def dataset_import_reap_stale(*, older_than: timedelta) -> int:
+    """Fail imports still RUNNING long after any worker could be on them (a worker killed
+    mid-import). Their partial blobs were never referenced; the rows say what happened."""
+    cutoff = timezone.now() - older_than
+    return DatasetImport.objects.filter(status=JobStatus.RUNNING, started_at__lt=cutoff).update(
+        status=JobStatus.FAILED,
+        finished_at=timezone.now(),
+        error=f"no worker finished this import within {older_than}; upload it again",
+    )
 
 
 def _finish(import_id: int, **fields: object) -> None:

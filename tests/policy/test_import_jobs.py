@@ -152,3 +152,27 @@ def _url_of_test_database() -> str:
     port = s.get("PORT") or 5432
     auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
     return f"postgres://{auth}@{host}:{port}/{s['NAME']}"
+
+
+@pytest.mark.django_db
+def test_reaper_fails_imports_abandoned_by_a_dead_worker(tmp_path):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from policy.services.imports import dataset_import_reap_stale
+
+    old = dataset_import_request(upload=upload(b"x"), fmt="backchannel", user=None)
+    fresh = dataset_import_request(upload=upload(b"y"), fmt="backchannel", user=None)
+    DatasetImport.objects.filter(pk=old.pk).update(
+        status=JobStatus.RUNNING, started_at=timezone.now() - timedelta(hours=5)
+    )
+    DatasetImport.objects.filter(pk=fresh.pk).update(
+        status=JobStatus.RUNNING, started_at=timezone.now()
+    )
+    assert dataset_import_reap_stale(older_than=timedelta(hours=4)) == 1
+    assert dataset_import_reap_stale(older_than=timedelta(hours=4)) == 0
+    old.refresh_from_db()
+    fresh.refresh_from_db()
+    assert old.status == JobStatus.FAILED and "no worker finished" in old.error
+    assert fresh.status == JobStatus.RUNNING
