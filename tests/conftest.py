@@ -6,17 +6,21 @@ from django.conf import settings as django_settings
 
 
 def pytest_report_header(config: pytest.Config) -> str:
+    if not config.pluginmanager.has_plugin("django") or not django_settings.configured:
+        return "without Django"
     db = django_settings.DATABASES["default"]
     return f"database: {db['ENGINE']} {db.get('NAME')}; broker: {django_settings.CELERY_BROKER_URL}"
 
 
 @pytest.fixture(autouse=True)
-def _media_root(settings, tmp_path: Path) -> Path:
-    """Each test gets its own empty media storage, so 'nothing changed' can be checked."""
+def _media_root(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Each test gets its own empty media storage, so 'nothing changed' can be checked.
+    (Pure tests of policy/ml also run without pytest-django, hence the guard.)"""
     media = tmp_path / "media"
     media.mkdir()
-    # FileSystemStorage drops its cached location when MEDIA_ROOT changes.
-    settings.MEDIA_ROOT = str(media)
+    if request.config.pluginmanager.has_plugin("django"):
+        # FileSystemStorage drops its cached location when MEDIA_ROOT changes.
+        request.getfixturevalue("settings").MEDIA_ROOT = str(media)
     return media
 
 
