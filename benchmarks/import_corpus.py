@@ -5,7 +5,8 @@
 Uses PostgreSQL when ``DATABASE_URL`` names it (or a local server answers on 127.0.0.1:5432),
 in a fresh, throw-away database; media goes to a temporary folder. Compared in the same run with
 the loop a user would write by hand: one ``Model.objects.create`` and one ``storage.save`` per
-array, in a transaction per episode, no content hashing. Results: benchmarks/results/import_corpus.json
+array, in a transaction per episode, no content hashing.
+Results: benchmarks/results/import_corpus.json
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def main() -> None:
         try:
             with tqdm(total=args.episodes, unit="ep", desc="first import") as bar:
                 first = dataset_import(
-                    path=corpus, fmt="backchannel",
+                    path=corpus,
+                    fmt="backchannel",
                     progress=lambda done, total: bar.update(done - bar.n),
                 )
             t0 = time.perf_counter()
@@ -159,10 +161,14 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "import_corpus.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nimport_corpus on {engine}, {args.episodes} episodes ({size / 1e6:.0f} MB)")
-    print(f"  first import   {first.seconds:7.2f} s   {first_rate:7.1f} ep/s   "
-          f"{first.blobs_written} files written")
-    print(f"  second import  {second_s:7.2f} s   created {second.created}, "
-          f"written {second.blobs_written} (no-op)")
+    print(
+        f"  first import   {first.seconds:7.2f} s   {first_rate:7.1f} ep/s   "
+        f"{first.blobs_written} files written"
+    )
+    print(
+        f"  second import  {second_s:7.2f} s   created {second.created}, "
+        f"written {second.blobs_written} (no-op)"
+    )
     print(f"  naive loop     {naive_s:7.2f} s   {naive_rate:7.1f} ep/s   ({naive_n} episodes)")
     print(f"  speed-up vs naive: {result['speedup_vs_naive']}x; goal met: {result['goal_met']}")
     print(f"  -> {RESULTS / 'import_corpus.json'}")

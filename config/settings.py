@@ -22,7 +22,7 @@ VAR_DIR = Path(env("VAR_DIR", default=str(BASE_DIR / "var")))
 DEBUG = env.bool("DEBUG", default=False)
 
 # A development key exists only where DEBUG is on; production must bring its own.
-_DEV_SECRET_KEY = "django-insecure-development-only-backchannel-key-never-use-in-production"
+_DEV_SECRET_KEY = "django-insecure-development-only-backchannel-key-never-use-in-production"  # noqa: S105
 SECRET_KEY = env("SECRET_KEY", default=_DEV_SECRET_KEY if DEBUG else None)
 if not SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (see .env.example)")

@@ -56,7 +56,8 @@ class EpisodeAdmin(admin.ModelAdmin):
         if not obj.transcript:
             return "—"
         return format_html_join(
-            " ", '<span title="{:.2f}–{:.2f} s">{}</span>',
+            " ",
+            '<span title="{:.2f}–{:.2f} s">{}</span>',
             ((w["start"], w["end"], w["word"]) for w in obj.transcript),
         )
 
@@ -92,8 +93,16 @@ class DatasetImportAdmin(admin.ModelAdmin):
     list_display = ("id", "format", "status", "progress_bar", "dataset", "created_at")
     list_filter = ("status", "format")
     readonly_fields = (
-        "status", "progress_bar", "error", "dataset", "episodes_created", "episodes_existing",
-        "created_by", "created_at", "started_at", "finished_at",
+        "status",
+        "progress_bar",
+        "error",
+        "dataset",
+        "episodes_created",
+        "episodes_existing",
+        "created_by",
+        "created_at",
+        "started_at",
+        "finished_at",
     )
 
     @admin.display(description="progress")
@@ -136,5 +145,3 @@ class DatasetImportAdmin(admin.ModelAdmin):
         )
         obj.pk = job.pk
         obj.refresh_from_db()
-
-

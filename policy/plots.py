@@ -52,9 +52,7 @@ def line_plot_svg(
         step = max(1, len(v) // pw)  # at most one point per pixel column
         pts = " ".join(f"{x(t / fps):.1f},{y(float(v[t])):.1f}" for t in range(0, len(v), step))
         colour = _PALETTE[i % len(_PALETTE)]
-        parts.append(
-            f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>'
-        )
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>')
         parts.append(
             f'<text x="{pad_l + 8 + 110 * i}" y="{height - 6}" font-size="11" fill="{colour}" '
             f'font-family="sans-serif">{escape(name)}</text>'

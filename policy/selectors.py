@@ -20,8 +20,12 @@ def episode_plot_svgs(episode: Episode) -> list[str]:
     transcript's sentences shaded by sentiment where the corpus records them."""
     layout = get_layout(episode.dataset.face_model)
     spans = [
-        (s["start"], s["end"], _SENTIMENT_COLOURS.get(s.get("sentiment", ""), "#999"),
-         f'{s.get("sentiment", "")}: {s.get("text", "")}')
+        (
+            s["start"],
+            s["end"],
+            _SENTIMENT_COLOURS.get(s.get("sentiment", ""), "#999"),
+            f"{s.get('sentiment', '')}: {s.get('text', '')}",
+        )
         for s in episode.meta.get("sentences", [])
     ]
     plots = []
@@ -44,12 +48,14 @@ def episode_plot_svgs(episode: Episode) -> list[str]:
 def _summary_curves(coeffs: np.ndarray, layout_name: str) -> dict[str, np.ndarray]:
     layout = get_layout(layout_name)
     if layout.name == "builtin":
+
         def col(name: str) -> np.ndarray:
             return coeffs[:, layout.index(name)]
 
         return {
             "smile": (col("smile_left") + col("smile_right")) / 2,
-            "concern": (col("brow_inner_raise") + col("brow_lower") + col("mouth_corner_depress")) / 3,
+            "concern": (col("brow_inner_raise") + col("brow_lower") + col("mouth_corner_depress"))
+            / 3,
             "blink": col("eye_blink"),
             "head pitch": col("head_pitch"),
             "jaw": col("jaw_open"),

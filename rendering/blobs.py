@@ -18,7 +18,7 @@ import numpy as np
 from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, Storage, default_storage
 
-_ALLOWED_EXT = {"npy", "mp4", "png", "wav", "json", "webm", "mov", "avi", "mkv"}
+_ALLOWED_EXT = {"npy", "mp4", "png", "wav", "json", "webm", "mov", "avi", "mkv", "pt"}
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -82,8 +82,7 @@ class FaceModelLayout:
             "description": self.description,
             "width": self.width,
             "dims": [
-                {"name": d.name, "group": d.group, "low": d.low, "high": d.high}
-                for d in self.dims
+                {"name": d.name, "group": d.group, "low": d.low, "high": d.high} for d in self.dims
             ],
         }
 

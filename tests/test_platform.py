@@ -5,34 +5,46 @@ import secrets
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 _SERVER_VARS = (
-    "DATABASE_URL", "CELERY_BROKER_URL", "MEDIA_ROOT", "SECRET_KEY", "DEBUG",
-    "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE",
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "MEDIA_ROOT",
+    "SECRET_KEY",
+    "DEBUG",
+    "SESSION_COOKIE_SECURE",
+    "CSRF_COOKIE_SECURE",
 )
 
 
 def manage(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=timeout,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def clean_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in _SERVER_VARS and not k.startswith("SECURE_")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in _SERVER_VARS and not k.startswith("SECURE_")
+    }
     env.update(extra)
     return env
 
 
 def test_check_deploy_reports_only_the_documented_hsts_preload_warning(tmp_path):
     env = clean_env(
-        DEBUG="0", SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="backchannel.example.org",
+        DEBUG="0",
+        SECRET_KEY=secrets.token_urlsafe(50),
+        ALLOWED_HOSTS="backchannel.example.org",
         VAR_DIR=str(tmp_path),
     )
     result = manage("check", "--deploy", env=env)
@@ -54,9 +66,28 @@ def test_embedded_default_runs_a_real_worker_without_any_server(tmp_path):
     env = clean_env(DEBUG="1", VAR_DIR=str(tmp_path / "var"))
     assert manage("migrate", "-v", "0", env=env).returncode == 0
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-P", "solo",
-         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "default",
+            "-P",
+            "solo",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "info",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     script = textwrap.dedent(
         f"""
@@ -85,3 +116,10 @@ def test_embedded_default_runs_a_real_worker_without_any_server(tmp_path):
         log = worker.communicate(timeout=30)[0]
     assert "STATUS succeeded 2" in result.stdout, result.stdout + result.stderr + log[-2000:]
     assert (tmp_path / "var" / "db.sqlite3").exists()
+
+
+@pytest.mark.django_db
+def test_healthz_answers_over_plain_http_even_with_ssl_redirect(client, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/").status_code == 301

@@ -1,4 +1,4 @@
-"""The project's own corpus layout: ``manifest.json`` + per-episode files (docs/corpus_format.md)."""
+"""The project's own corpus layout: manifest.json + per-episode files (docs/corpus_format.md)."""
 
 from __future__ import annotations
 
@@ -149,7 +149,9 @@ def _iter_episodes(
             try:
                 transcript = json.loads(source.read(tpath, "transcript"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ImportProblem(source.label(tpath), "transcript", f"not valid JSON ({exc})")
+                raise ImportProblem(
+                    source.label(tpath), "transcript", f"not valid JSON ({exc})"
+                ) from exc
         rec.transcript = transcript
         yield rec
 

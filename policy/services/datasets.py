@@ -87,7 +87,9 @@ def dataset_store(
     try:
         for done, rec in enumerate(reader.episodes, start=1):
             rec = validate_record(rec, layout)
-            payloads: dict[str, tuple[bytes, str]] = {"listener": (blobs.array_bytes(rec.listener), "npy")}
+            payloads: dict[str, tuple[bytes, str]] = {
+                "listener": (blobs.array_bytes(rec.listener), "npy")
+            }
             if rec.speaker is not None:
                 payloads["speaker"] = (blobs.array_bytes(rec.speaker), "npy")
             if rec.audio is not None:
@@ -161,14 +163,20 @@ def dataset_store(
             Episode.objects.bulk_create(rows, batch_size=500)
     except IntegrityError as exc:
         _remove(written)
-        raise ImportProblem("dataset", name, f"changed during the import, try again ({exc})") from exc
+        raise ImportProblem(
+            "dataset", name, f"changed during the import, try again ({exc})"
+        ) from exc
     except BaseException:
         _remove(written)
         raise
     seconds = time.perf_counter() - started
     logger.info(
         "dataset %s: %d episodes created, %d already present, %d blobs written in %.2fs",
-        name, len(rows), existing, len(written), seconds,
+        name,
+        len(rows),
+        existing,
+        len(written),
+        seconds,
     )
     return ImportResult(dataset, len(rows), existing, len(written), seconds)
 

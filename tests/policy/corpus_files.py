@@ -27,7 +27,10 @@ def write_backchannel_corpus(
         np.save(folder / "listener.npy", listener)
         np.save(folder / "speaker.npy", speaker)
         np.save(folder / "audio.npy", audio)
-        words = [{"word": "hello", "start": 0.1, "end": 0.4}, {"word": "there", "start": 0.5, "end": 0.9}]
+        words = [
+            {"word": "hello", "start": 0.1, "end": 0.4},
+            {"word": "there", "start": 0.5, "end": 0.9},
+        ]
         (folder / "transcript.json").write_text(json.dumps(words))
         episodes.append(
             {

@@ -22,7 +22,9 @@ from tests.policy.corpus_files import write_backchannel_corpus
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def corpus_zip(tmp_path: Path, *, n: int = 3, name: str = "uploaded", broken: bool = False) -> bytes:
+def corpus_zip(
+    tmp_path: Path, *, n: int = 3, name: str = "uploaded", broken: bool = False
+) -> bytes:
     folder = tmp_path / f"corpus-{uuid.uuid4().hex[:6]}"
     write_backchannel_corpus(folder, n=n, name=name)
     if broken:
@@ -43,7 +45,9 @@ def upload(data: bytes, name: str = "corpus.zip") -> SimpleUploadedFile:
 def test_import_job_runs_once_and_a_rerun_is_a_noop(tmp_path, django_capture_on_commit_callbacks):
     # given: a queued job (the enqueue happens on commit)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        job = dataset_import_request(upload=upload(corpus_zip(tmp_path)), fmt="backchannel", user=None)
+        job = dataset_import_request(
+            upload=upload(corpus_zip(tmp_path)), fmt="backchannel", user=None
+        )
     assert len(callbacks) == 1
     # when: the task body runs twice (a redelivery)
     dataset_import_run(import_id=job.pk)
@@ -87,7 +91,8 @@ def test_admin_upload_is_superuser_only(client, tmp_path, django_capture_on_comm
     client.force_login(root)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = client.post(
-            url, {"upload": upload(corpus_zip(tmp_path)), "format": "backchannel", "dataset_name": ""}
+            url,
+            {"upload": upload(corpus_zip(tmp_path)), "format": "backchannel", "dataset_name": ""},
         )
     assert response.status_code == 302, response.content[:2000]
     job = DatasetImport.objects.get()
@@ -123,14 +128,34 @@ def test_a_real_worker_runs_the_import_through_redis(tmp_path):
     env["MEDIA_ROOT"] = django_settings.MEDIA_ROOT
     worker = subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "-P", "solo",
-            "--without-gossip", "--without-mingle", "-l", "info", "-n", f"t{uuid.uuid4().hex[:8]}@%h",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "default",
+            "-P",
+            "solo",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "info",
+            "-n",
+            f"t{uuid.uuid4().hex[:8]}@%h",
         ],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         # when: the web side enqueues (autocommit here, so on_commit sends at once)
-        job = dataset_import_request(upload=upload(corpus_zip(tmp_path, n=4)), fmt="backchannel", user=None)
+        job = dataset_import_request(
+            upload=upload(corpus_zip(tmp_path, n=4)), fmt="backchannel", user=None
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             job.refresh_from_db()

@@ -36,7 +36,9 @@ def zip_folder(folder: Path, out: Path, top: str = "") -> Path:
     return out
 
 
-def assert_fails_cleanly(path: Path, *, fmt: str = "backchannel", file: str, field: str, reason: str):
+def assert_fails_cleanly(
+    path: Path, *, fmt: str = "backchannel", file: str, field: str, reason: str
+):
     before = snapshot()
     with pytest.raises(ImportProblem) as info:
         dataset_import(path=path, fmt=fmt)
@@ -84,7 +86,9 @@ def test_second_import_of_same_files_is_a_noop(tmp_path):
     assert (again.created, again.existing, again.blobs_written) == (0, 4, 0)
     assert (zipped.created, zipped.existing, zipped.blobs_written) == (0, 4, 0)
     assert snapshot() == before
-    assert {p: os.stat(Path(blobs.default_storage.path(p))).st_mtime_ns for p in before[2]} == mtimes
+    assert {
+        p: os.stat(Path(blobs.default_storage.path(p))).st_mtime_ns for p in before[2]
+    } == mtimes
 
 
 def test_import_adds_only_new_episodes(tmp_path):
@@ -348,7 +352,11 @@ def test_l2l_too_few_dims(tmp_path):
     write_l2l_folder(tmp_path / "x" / "train", n=2)
     np.save(tmp_path / "x" / "train" / "p1_list_faces_clean_deca.npy", np.zeros((2, 64, 50)))
     assert_fails_cleanly(
-        tmp_path / "x", fmt="l2l", file="p1_list_faces", field="list_faces", reason="need at least 56"
+        tmp_path / "x",
+        fmt="l2l",
+        file="p1_list_faces",
+        field="list_faces",
+        reason="need at least 56",
     )
 
 
@@ -367,7 +375,10 @@ def test_l2l_nan_in_the_last_window(tmp_path):
     faces[2, 5, 3] = np.nan
     np.save(path, faces)
     assert_fails_cleanly(
-        tmp_path / "x", fmt="l2l", file="p1_list_faces_clean_deca.npy[2]", field="listener",
+        tmp_path / "x",
+        fmt="l2l",
+        file="p1_list_faces_clean_deca.npy[2]",
+        field="listener",
         reason="frame 5, dim 3",
     )
 
@@ -375,4 +386,6 @@ def test_l2l_nan_in_the_last_window(tmp_path):
 def test_l2l_missing_required_file(tmp_path):
     write_l2l_folder(tmp_path / "x" / "train", n=1)
     (tmp_path / "x" / "train" / "p1_speak_faces_clean_deca.npy").unlink()
-    assert_fails_cleanly(tmp_path / "x", fmt="l2l", file="train", field="p1_speak_faces", reason="missing")
+    assert_fails_cleanly(
+        tmp_path / "x", fmt="l2l", file="train", field="p1_speak_faces", reason="missing"
+    )
