@@ -107,3 +107,110 @@ class DatasetImport(models.Model):
 
     def __str__(self) -> str:
         return f"import #{self.pk} ({self.format}, {self.status})"
+
+
+class VersionStatus(models.TextChoices):
+    CANDIDATE = "candidate"  # trained and evaluated, not serving
+    PROMOTED = "promoted"  # the lineage's current policy (at most one per lineage)
+    RETIRED = "retired"  # replaced or rolled back; kept for lineage and exports
+
+
+class PolicyVersion(models.Model):
+    """An immutable checkpoint: every candidate and judgment traces back to one of these."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    lineage = models.SlugField(max_length=100, default="main")
+    checkpoint_sha = models.CharField(max_length=64, unique=True, help_text="sha256 of the .pt")
+    config = models.JSONField(help_text="model and training configuration")
+    tokenizer = models.JSONField(help_text="action tokenizer summary (layout, bins, edges hash)")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="policies")
+    training_data = models.JSONField(
+        default=dict, help_text="what it was trained on: splits, episode count, snapshot hash"
+    )
+    metrics = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=12, choices=VersionStatus.choices, default=VersionStatus.CANDIDATE
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["lineage"],
+                condition=models.Q(status="promoted"),
+                name="one_promoted_version_per_lineage",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RunKind(models.TextChoices):
+    SFT = "sft"  # supervised fine-tuning on a corpus
+    CRITIC = "critic"  # reward model on a preference snapshot
+    DPO = "dpo"  # preference optimisation against a frozen reference
+
+
+class TrainingRun(models.Model):
+    kind = models.CharField(max_length=8, choices=RunKind.choices, default=RunKind.SFT)
+    status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    progress = models.FloatField(default=0.0, help_text="percent")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="training_runs")
+    config = models.JSONField(default=dict)
+    parent_version = models.ForeignKey(
+        PolicyVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    output_version = models.ForeignKey(
+        PolicyVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    version_name = models.SlugField(max_length=100, blank=True)
+    loss_curve = models.JSONField(default=list, blank=True, help_text="[[step, loss], …]")
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind} run #{self.pk} ({self.status})"
+
+
+class CandidateSource(models.TextChoices):
+    POLICY = "policy"  # sampled from a policy version
+    GROUND_TRUTH = "ground_truth"  # the episode's own listener
+    BASELINE = "baseline"  # a reference response (see policy/ml/baselines.py)
+
+
+class Candidate(models.Model):
+    """One listener sequence for one episode, with where it came from. Raters never see the
+    source; exports and training do."""
+
+    episode = models.ForeignKey(Episode, on_delete=models.CASCADE, related_name="candidates")
+    source = models.CharField(max_length=16, choices=CandidateSource.choices)
+    policy_version = models.ForeignKey(
+        PolicyVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="candidates"
+    )
+    baseline = models.CharField(max_length=40, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    # One string naming the source completely, so a retried generation finds its own rows.
+    source_key = models.CharField(max_length=200)
+    array_sha = models.CharField(max_length=64, help_text="(T, D) float32 in the dataset layout")
+    n_frames = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["episode", "source_key"], name="candidate_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.episode} ← {self.source_key}"

@@ -8,7 +8,9 @@ from policy.services.datasets import dataset_import
 
 
 class Command(BaseCommand):
-    help = "Import a corpus (folder or .zip) into a dataset; re-importing the same files is a no-op."
+    help = (
+        "Import a corpus (folder or .zip) into a dataset; re-importing the same files is a no-op."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("path", type=Path)
@@ -25,9 +27,7 @@ class Command(BaseCommand):
         options = {"pose_first": True} if opts["pose_first"] else {}
         if options and opts["format"] != "l2l":
             raise CommandError("--pose-first applies to --format l2l only")
-        bar = tqdm(
-            total=0, unit="ep", desc="import", disable=bool(opts["no_progress"]), leave=True
-        )
+        bar = tqdm(total=0, unit="ep", desc="import", disable=bool(opts["no_progress"]), leave=True)
 
         def progress(done: int, total: int) -> None:
             bar.total = total
