@@ -20,9 +20,11 @@ setup_venv() {  # setup_venv REQUIREMENTS_FILE
   local stamp=".venv/.installed-$(cat requirements*.txt | sha256sum | cut -c1-16)-$(basename "$req")"
   if [ ! -f "$stamp" ]; then
     echo "==> installing $req (first run takes a minute or two)"
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
-      -r requirements-nodeps.txt
+    # (grep drops one harmless notice some machines' pip configuration prints per package)
+    { .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req" &&
+      .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+        -r requirements-nodeps.txt; } 2>&1 | { grep -v "is ignored: it is neither" || true; }
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "pip install failed" >&2; return 1; }
     touch "$stamp"
   fi
 }
