@@ -171,6 +171,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "policy.tasks.reap_stale_imports_task",
         "schedule": 600.0,
     },
+    "requeue-stale-clips": {
+        "task": "rendering.tasks.requeue_stale_clips_task",
+        "schedule": 600.0,
+    },
 }
 
 REST_FRAMEWORK = {
