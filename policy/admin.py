@@ -1,3 +1,4 @@
+import numpy as np
 from django import forms
 from django.conf import settings
 from django.contrib import admin
@@ -5,9 +6,11 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from policy.models import Dataset, DatasetImport, Episode
+from policy.models import Candidate, Dataset, DatasetImport, Episode, PolicyVersion, TrainingRun
+from policy.plots import line_plot_svg
 from policy.selectors import episode_plot_svgs
 from policy.services.imports import dataset_import_request
+from policy.services.training import policy_version_promote, policy_version_retire
 
 
 @admin.register(Dataset)
@@ -35,7 +38,10 @@ class EpisodeAdmin(admin.ModelAdmin):
     list_filter = ("dataset", "split")
     search_fields = ("key",)
     list_select_related = ("dataset",)
-    readonly_fields = [f.name for f in Episode._meta.fields] + ["plots", "transcript_text"]
+    readonly_fields = [f.name for f in Episode._meta.fields if f.name != "transcript"] + [
+        "plots",
+        "transcript_text",
+    ]
     exclude = ("transcript",)
 
     @admin.display(boolean=True)
@@ -145,3 +151,133 @@ class DatasetImportAdmin(admin.ModelAdmin):
         )
         obj.pk = job.pk
         obj.refresh_from_db()
+
+
+@admin.register(PolicyVersion)
+class PolicyVersionAdmin(admin.ModelAdmin):
+    list_display = ("name", "lineage", "status", "dataset", "parent", "short_sha", "created_at")
+    list_filter = ("status", "lineage", "dataset")
+    readonly_fields = [f.name for f in PolicyVersion._meta.fields if f.name != "metrics"] + [
+        "metrics_table"
+    ]
+    exclude = ("metrics",)
+    actions = ("promote", "retire")
+
+    @admin.display(description="checkpoint")
+    def short_sha(self, obj: PolicyVersion) -> str:
+        return obj.checkpoint_sha[:12]
+
+    @admin.display(description="metrics (test split)")
+    def metrics_table(self, obj: PolicyVersion) -> str:
+        sources = (obj.metrics or {}).get("sources", {})
+        if not sources:
+            return "—"
+        names = sorted({k for m in sources.values() for k in m})
+        head = format_html_join("", "<th>{}</th>", ((n,) for n in names))
+        rows = format_html_join(
+            "",
+            "<tr><th>{}</th>{}</tr>",
+            (
+                (
+                    source,
+                    format_html_join(
+                        "",
+                        "<td>{}</td>",
+                        (
+                            (f"{m[n]:.4f}" if isinstance(m.get(n), int | float) else "—",)
+                            for n in names
+                        ),
+                    ),
+                )
+                for source, m in sources.items()
+            ),
+        )
+        return format_html("<table><tr><th></th>{}</tr>{}</table>", head, rows)
+
+    @admin.action(description="Promote (retires the lineage's current version)")
+    def promote(self, request: HttpRequest, queryset) -> None:
+        for version in queryset:
+            policy_version_promote(version=version)
+        self.message_user(request, f"promoted {queryset.count()} version(s)")
+
+    @admin.action(description="Retire")
+    def retire(self, request: HttpRequest, queryset) -> None:
+        for version in queryset:
+            policy_version_retire(version=version)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # versions come from training runs
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "kind",
+        "dataset",
+        "status",
+        "progress_bar",
+        "output_version",
+        "created_at",
+    )
+    list_filter = ("status", "kind")
+    readonly_fields = [
+        f.name for f in TrainingRun._meta.fields if f.name not in ("loss_curve", "progress")
+    ] + ["progress_bar", "loss_plot"]
+    exclude = ("loss_curve", "progress")
+
+    @admin.display(description="progress")
+    def progress_bar(self, obj: TrainingRun) -> str:
+        return format_html(
+            '<progress max="100" value="{}"></progress> {}%', obj.progress, round(obj.progress)
+        )
+
+    @admin.display(description="training loss")
+    def loss_plot(self, obj: TrainingRun) -> str:
+        curve = [p for p in obj.loss_curve or [] if p[1] is not None]
+        if not curve:
+            return "—"
+        steps = np.array([p[0] for p in curve], dtype=float)
+        losses = np.array([p[1] for p in curve], dtype=float)
+        # Plotted against the logging index; the axis label gives the step range.
+        return mark_safe(  # noqa: S308 - built from numbers and escaped text (policy.plots)
+            line_plot_svg(
+                {"loss": losses},
+                fps=1.0,
+                width=640,
+                height=220,
+                title=f"loss, steps {int(steps[0])}–{int(steps[-1])}",
+                x_end_label=f"step {int(steps[-1])}",
+            )
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(Candidate)
+class CandidateAdmin(admin.ModelAdmin):
+    list_display = (
+        "episode",
+        "source",
+        "policy_version",
+        "baseline",
+        "seed",
+        "temperature",
+        "n_frames",
+    )
+    list_filter = ("source", "policy_version")
+    list_select_related = ("episode", "episode__dataset", "policy_version")
+    readonly_fields = [f.name for f in Candidate._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

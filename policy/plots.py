@@ -17,8 +17,10 @@ def line_plot_svg(
     spans: list[tuple[float, float, str, str]] | None = None,
     width: int = 720,
     height: int = 180,
+    x_end_label: str | None = None,
 ) -> str:
-    """Curves over time in seconds; ``spans`` shade (start, end, colour, label) intervals."""
+    """Curves over time in seconds (``len / fps``); ``spans`` shade (start, end, colour, label)
+    intervals; ``x_end_label`` replaces the duration printed at the right end of the axis."""
     pad_l, pad_r, pad_t, pad_b = 40, 10, 22, 22
     n = max((len(v) for v in series.values()), default=0)
     duration = max(n / fps, 1e-6)
@@ -61,7 +63,7 @@ def line_plot_svg(
         f'<text x="4" y="{pad_t + 10}" font-size="10" font-family="sans-serif">{hi:.2f}</text>'
         f'<text x="4" y="{pad_t + ph}" font-size="10" font-family="sans-serif">{lo:.2f}</text>'
         f'<text x="{width - pad_r - 30}" y="{height - 6}" font-size="10" '
-        f'font-family="sans-serif">{duration:.1f} s</text>'
+        f'font-family="sans-serif">{escape(x_end_label or f"{duration:.1f} s")}</text>'
     )
     parts.append("</svg>")
     return "".join(parts)

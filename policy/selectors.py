@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 import numpy as np
 from django.db.models import Count, QuerySet
 
-from policy.models import Dataset, Episode
+from policy.models import Candidate, Dataset, Episode, PolicyVersion
 from policy.plots import line_plot_svg
 from rendering import blobs
 from rendering.layouts import get_layout
@@ -68,3 +71,56 @@ def _summary_curves(coeffs: np.ndarray, layout_name: str) -> dict[str, np.ndarra
         "expr energy": np.linalg.norm(expr, axis=1) / np.sqrt(expr.shape[1]),
         "pose[0]": pose[:, 0],
     }
+
+
+@dataclass
+class EpisodeArrays:
+    """An episode with its arrays loaded: what the training and sampling code reads
+    (``policy.ml.data.episode_from`` accepts it). Plain NumPy: no torch here."""
+
+    key: str
+    split: str
+    fps: float
+    speaker: np.ndarray | None
+    listener: np.ndarray
+    audio: np.ndarray | None
+    audio_sample_rate: int | None
+    transcript: list[dict] | None
+    meta: dict
+    pk: int
+
+
+def episode_arrays(episodes: Iterable[Episode]) -> list[EpisodeArrays]:
+    return [
+        EpisodeArrays(
+            key=ep.key,
+            split=ep.split,
+            fps=ep.fps,
+            speaker=blobs.load_array(ep.speaker_sha) if ep.speaker_sha else None,
+            listener=blobs.load_array(ep.listener_sha),
+            audio=blobs.load_array(ep.audio_sha) if ep.audio_sha else None,
+            audio_sample_rate=ep.audio_sample_rate,
+            transcript=ep.transcript,
+            meta=ep.meta,
+            pk=ep.pk,
+        )
+        for ep in episodes
+    ]
+
+
+def dataset_split(dataset: Dataset, split: str, limit: int | None = None) -> QuerySet[Episode]:
+    qs = dataset.episodes.filter(split=split).order_by("key")
+    return qs[:limit] if limit else qs
+
+
+def policy_version_list() -> QuerySet[PolicyVersion]:
+    return (
+        PolicyVersion.objects.select_related("dataset")
+        .annotate(candidate_count=Count("candidates"))
+        .order_by("-created_at")
+    )
+
+
+def candidate_list(*, version: PolicyVersion | None = None) -> QuerySet[Candidate]:
+    qs = Candidate.objects.select_related("episode", "policy_version").order_by("episode", "id")
+    return qs.filter(policy_version=version) if version is not None else qs

@@ -1,0 +1,286 @@
+"""Episodes as the policy sees them, their checks, their features, and training windows.
+
+The training data interface is plain Python + NumPy (:class:`EpisodeData`); anything with the same
+attributes (``policy.synthetic.SyntheticEpisode``, ``policy.importers.records.EpisodeRecord``)
+converts with :func:`episode_from`. Features are computed once per episode
+(:func:`prepare_episode`) and training windows are slices of them (:func:`make_batch`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from rendering.layouts import get_layout
+
+from .config import ModelConfig
+from .errors import EmptySplitError, PolicyDataError
+from .features import log_mel, text_features, video_frames
+from .tokenizer import ActionTokenizer
+
+
+@dataclass
+class EpisodeData:
+    key: str
+    speaker: np.ndarray  # (T, D) float32 in the policy's layout
+    listener: np.ndarray | None  # (T, D) float32 ground truth; None when only sampling
+    fps: float
+    audio: np.ndarray | None = None  # (N,) float32 mono waveform
+    sample_rate: int | None = None  # of audio
+    transcript: list[dict] | None = None  # [{"word", "start", "end"}] in seconds
+    video: np.ndarray | None = None  # (T, 3, H, W) uint8 speaker frames
+    split: str = "train"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.speaker.shape[0])
+
+
+def episode_from(obj: Any) -> EpisodeData:
+    """Convert anything episode-like (synthetic episode, import record) to :class:`EpisodeData`."""
+    if isinstance(obj, EpisodeData):
+        return obj
+    video = getattr(obj, "video", None)
+    return EpisodeData(
+        key=str(obj.key),
+        speaker=obj.speaker,
+        listener=getattr(obj, "listener", None),
+        fps=float(obj.fps),
+        audio=getattr(obj, "audio", None),
+        sample_rate=getattr(obj, "audio_sample_rate", None) or getattr(obj, "sample_rate", None),
+        transcript=getattr(obj, "transcript", None),
+        video=video if isinstance(video, np.ndarray) else None,  # encoded files are decoded upstream
+        split=str(getattr(obj, "split", "train")),
+        meta=dict(getattr(obj, "meta", None) or {}),
+    )
+
+
+def check_episodes(episodes: Iterable[Any], cfg: ModelConfig, *, split: str,
+                   need_listener: bool) -> list[EpisodeData]:
+    """Convert and check every episode against the config; raise naming the first bad one."""
+    out = [episode_from(e) for e in episodes]
+    if not out:
+        raise EmptySplitError(f"the {split} split has no episodes")
+    width = get_layout(cfg.layout).width
+    for ep in out:
+        where = f"episode {ep.key!r} ({split} split)"
+        if ep.speaker is None:
+            raise PolicyDataError(f"{where}: field 'speaker' is missing; the policy needs the "
+                                  "speaker's coefficients")
+        arrays = [("speaker", ep.speaker)] + ([("listener", ep.listener)]
+                                              if ep.listener is not None else [])
+        if need_listener and ep.listener is None:
+            raise PolicyDataError(f"{where}: field 'listener' is missing; training and "
+                                  "evaluation need the ground truth")
+        for name, a in arrays:
+            if a.ndim != 2 or a.shape[1] != width:
+                raise PolicyDataError(
+                    f"{where}: field {name!r} has shape {tuple(a.shape)}, expected (T, {width}) "
+                    f"for layout {cfg.layout!r}")
+            if not np.isfinite(a).all():
+                raise PolicyDataError(f"{where}: field {name!r} contains NaN or infinity")
+        if ep.listener is not None and len(ep.listener) != len(ep.speaker):
+            raise PolicyDataError(f"{where}: listener has {len(ep.listener)} frames, speaker "
+                                  f"{len(ep.speaker)}")
+        if abs(ep.fps - cfg.fps) > 1e-6:
+            raise PolicyDataError(f"{where}: field 'fps' is {ep.fps}, the policy runs at "
+                                  f"{cfg.fps} fps (resample the corpus or set ModelConfig.fps)")
+        if ep.audio is not None and not ep.sample_rate:
+            raise PolicyDataError(f"{where}: field 'audio' has no sample rate")
+    return out
+
+
+# --- features --------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """One episode's model inputs, speaker side already shifted by the look-ahead."""
+
+    key: str
+    n_frames: int
+    speaker: torch.Tensor  # (T, D) float32, standardised
+    mel: torch.Tensor | None  # (T, M) float32, standardised
+    text: torch.Tensor | None  # (T,) int64 ids or (T, E) float32
+    video: torch.Tensor | None  # (T, 3, S, S) uint8
+    listener_ids: torch.Tensor | None  # (T, D) int64 action tokens
+    listener_in: torch.Tensor | None  # (T, D) float32 decoded tokens in [-1, 1] units
+
+
+def raw_features(ep: EpisodeData, cfg: ModelConfig) -> dict[str, torch.Tensor | None]:
+    """Unshifted, unstandardised speaker-side features of one episode."""
+    t = ep.n_frames
+    mel = None
+    if cfg.use_audio and ep.audio is not None and len(ep.audio):
+        mel = log_mel(ep.audio, int(ep.sample_rate), t, ep.fps, n_mels=cfg.n_mels,
+                      per_frame=cfg.mel_per_frame, window_s=cfg.mel_window_s,
+                      fmax=cfg.mel_fmax)  # (T, M)
+    text = None
+    if cfg.use_text and ep.transcript is not None:
+        text = text_features(ep.transcript, t, ep.fps, encoder=cfg.text_encoder,
+                             vocab=cfg.text_vocab, dim=cfg.text_dim, hold_s=cfg.text_hold_s)
+    video = None
+    if cfg.use_video and ep.video is not None:
+        video = video_frames(ep.video, t, cfg.video_size)  # (T, 3, S, S)
+    return {"speaker": torch.as_tensor(ep.speaker, dtype=torch.float32), "mel": mel,
+            "text": text, "video": video}
+
+
+def fit_input_stats(raws: Sequence[dict], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Per-channel mean and std of speaker coefficients and log-mel over the training split."""
+    spk = torch.cat([r["speaker"] for r in raws])  # (N, D)
+    mels = [r["mel"] for r in raws if r["mel"] is not None]
+    m = cfg.n_mels * cfg.mel_per_frame
+    mel = torch.cat(mels) if mels else torch.zeros(1, m)  # (N, M)
+    return {
+        "speaker_mean": spk.mean(0), "speaker_std": spk.std(0).clamp_min(1e-3),
+        "mel_mean": mel.mean(0), "mel_std": (mel.std(0) if len(mel) > 1
+                                             else torch.ones(m)).clamp_min(1e-3),
+    }
+
+
+NOISE_SHRINK = 0.1  # weight of the identity in the copula correlation: keeps it well conditioned
+
+
+def fit_noise_coupling(listeners: Sequence[np.ndarray], tokenizer: ActionTokenizer,
+                       lag: int) -> torch.Tensor:
+    """(D, D) Cholesky factor of the correlation of ``lag``-frame changes of the listener.
+
+    The heads give each dimension its own distribution; drawing them with independent noise
+    makes units that move together in people (left and right smile, cheeks with the smile) drift
+    apart, which shows as a wrong covariance (FD) and as grimaces. Sampling draws correlated
+    normals through this factor instead (a Gaussian copula), ``lag`` = the chunk, which is how
+    far one draw reaches. Constant dimensions stay independent; the correlation is shrunk towards
+    the identity by NOISE_SHRINK.
+    """
+    steps = []
+    for x in listeners:
+        z = tokenizer.normalise(torch.as_tensor(x, dtype=torch.float64)).numpy()  # (T, D)
+        if len(z) > lag:
+            steps.append(z[lag:] - z[:-lag])
+    d = tokenizer.width
+    corr = np.eye(d)
+    if steps:
+        delta = np.concatenate(steps)  # (N, D)
+        ok = delta.std(0) > 1e-9
+        if ok.sum() > 1:
+            corr[np.ix_(ok, ok)] = np.corrcoef(delta[:, ok], rowvar=False)
+    corr = (1 - NOISE_SHRINK) * corr + NOISE_SHRINK * np.eye(d)
+    return torch.from_numpy(np.linalg.cholesky(corr)).float()
+
+
+def _shift(x: torch.Tensor | None, frames: int) -> torch.Tensor | None:
+    """Row t of the result is row t + frames of x; rows past the end are zeros."""
+    if x is None or frames == 0:
+        return x
+    return torch.cat([x[frames:], torch.zeros_like(x[: min(frames, len(x))])])
+
+
+def prepare_episode(ep: EpisodeData, cfg: ModelConfig, stats: dict[str, torch.Tensor],
+                    tokenizer: ActionTokenizer, raw: dict | None = None) -> Prepared:
+    raw = raw or raw_features(ep, cfg)
+    la = cfg.lookahead_frames
+    speaker = (raw["speaker"] - stats["speaker_mean"]) / stats["speaker_std"]
+    mel = raw["mel"]
+    if mel is not None:
+        mel = (mel - stats["mel_mean"]) / stats["mel_std"]
+    ids = listener_in = None
+    if ep.listener is not None:
+        ids = tokenizer.encode(torch.as_tensor(ep.listener, dtype=torch.float32))  # (T, D)
+        listener_in = tokenizer.normalise(tokenizer.decode(ids))  # what sampling feeds back
+    return Prepared(key=ep.key, n_frames=ep.n_frames, speaker=_shift(speaker, la),
+                    mel=_shift(mel, la), text=_shift(raw["text"], la),
+                    video=_shift(raw["video"], la), listener_ids=ids, listener_in=listener_in)
+
+
+# --- training windows ------------------------------------------------------------------------
+
+
+def window_index(prepared: Sequence[Prepared], length: int) -> torch.Tensor:
+    """(W, 2) int64 rows of (episode, start): every window start of every episode."""
+    rows = [(i, s) for i, p in enumerate(prepared) for s in range(max(1, p.n_frames - length + 1))]
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+class WindowStore:
+    """All prepared episodes in flat tensors (on the training device), cut into windows by
+    index arithmetic: one gather per field and batch instead of a Python loop over windows.
+
+    Every episode is followed by ``context + chunk`` padding rows, so a window or a chunk that
+    runs past its episode's end reads padding (masked), never the next episode.
+    """
+
+    def __init__(self, prepared: Sequence[Prepared], cfg: ModelConfig,
+                 device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        pad = cfg.context + cfg.chunk
+        sizes = [p.n_frames + pad for p in prepared]
+        self.offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)  # (E,) first row of each episode
+        n = sum(sizes)
+        real = torch.zeros(n, dtype=torch.bool)  # (N,) row holds a frame of its episode
+        pos = torch.zeros(n, dtype=torch.long)  # (N,) frame index within its episode
+        for p, o, size in zip(prepared, self.offsets.tolist(), sizes, strict=True):
+            real[o : o + p.n_frames] = True
+            pos[o : o + size] = torch.arange(size)
+
+        def flat(name: str, per_episode: bool = False) -> tuple[torch.Tensor | None,
+                                                                 torch.Tensor | None]:
+            parts = [getattr(p, name) for p in prepared]
+            like = next((x for x in parts if x is not None), None)
+            if like is None:
+                return None, None
+            out = torch.zeros((n, *like.shape[1:]), dtype=like.dtype)
+            present = torch.zeros(n, dtype=torch.bool)
+            for x, o in zip(parts, self.offsets.tolist(), strict=True):
+                if x is not None:
+                    out[o : o + len(x)] = x
+                    present[o : o + len(x) + pad] = True
+            return out.to(device), present.to(device)
+
+        self.speaker, _ = flat("speaker")  # (N, D)
+        self.mel, self.mel_present = flat("mel")  # (N, M), (N,)
+        self.text, _ = flat("text")  # (N,) or (N, E)
+        self.video, self.video_present = flat("video")  # (N, 3, S, S)
+        self.ids, _ = flat("listener_ids")  # (N, D)
+        self.listener_in, _ = flat("listener_in")  # (N, D)
+        self.real, self.pos = real.to(device), pos.to(device)
+        self.device = device
+
+    def batch(self, picks: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """Training windows for rows ``picks`` (B, 2) of (episode, start).
+
+        Position i of a window (frame s + i) sees speaker features of frame s + i + look-ahead,
+        the listener's decoded action of frame s + i - 1 (``prev``; a learned start vector
+        before the episode), and is trained to predict frames s + i .. s + i + chunk - 1.
+        """
+        length, chunk = self.cfg.context, self.cfg.chunk
+        picks = picks.to(self.device)
+        first = self.offsets.to(self.device)[picks[:, 0]] + picks[:, 1]  # (B,) global row
+        rows = first[:, None] + torch.arange(length, device=self.device)[None]  # (B, L)
+        prev_rows = (rows - 1).clamp(min=0)  # (B, L); row -1 only for frame 0 (masked)
+        prev_valid = self.real[prev_rows] & (self.pos[rows] >= 1)  # (B, L)
+        tgt = rows[..., None] + torch.arange(chunk, device=self.device)  # (B, L, C)
+        return {
+            "speaker": self.speaker[rows],  # (B, L, D)
+            "mel": self.mel[rows] if self.mel is not None else None,  # (B, L, M)
+            "mel_mask": self.mel_present[first] if self.mel is not None else None,  # (B,)
+            "text": self.text[rows] if self.text is not None else None,  # (B, L) | (B, L, E)
+            "video": self.video[rows] if self.video is not None else None,  # (B, L, 3, S, S)
+            "video_mask": self.video_present[first] if self.video is not None else None,
+            "prev": self.listener_in[prev_rows] * prev_valid[..., None],  # (B, L, D)
+            "prev_valid": prev_valid,
+            "targets": self.ids[tgt],  # (B, L, C, D)
+            "target_mask": self.real[tgt],  # (B, L, C)
+        }
+
+
+def make_batch(prepared: Sequence[Prepared], picks: torch.Tensor,
+               cfg: ModelConfig) -> dict[str, torch.Tensor | None]:
+    """Training windows for rows ``picks`` (B, 2) of (episode, start); see WindowStore.batch.
+    (Training keeps one WindowStore; this builds one per call, for one-off batches.)"""
+    return WindowStore(prepared, cfg).batch(picks)

@@ -1,0 +1,60 @@
+"""A trained listener policy: the model, its action tokenizer and its config, used together."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from rendering.layouts import FaceModelLayout, get_layout
+
+from .config import ModelConfig, SampleConfig
+from .data import EpisodeData, Prepared, check_episodes, prepare_episode
+from .model import VLA
+from .tokenizer import ActionTokenizer
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Policy:
+    def __init__(self, model: VLA, tokenizer: ActionTokenizer, cfg: ModelConfig) -> None:
+        if tokenizer.width != model.width or tokenizer.n_bins != cfg.n_bins:
+            raise ValueError(f"tokenizer ({tokenizer.width} dims x {tokenizer.n_bins} bins) does "
+                             f"not fit the model ({model.width} dims x {cfg.n_bins} bins)")
+        if tokenizer.layout != cfg.layout:
+            raise ValueError(f"tokenizer layout {tokenizer.layout!r} != config {cfg.layout!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+
+    @property
+    def layout(self) -> FaceModelLayout:
+        return get_layout(self.cfg.layout)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> Policy:
+        self.model.to(device)
+        return self
+
+    def prepare(self, episodes: Iterable[Any], *, split: str = "input",
+                need_listener: bool = False) -> tuple[list[EpisodeData], list[Prepared]]:
+        """Check episodes against this policy and compute their (look-ahead shifted) inputs."""
+        eps = check_episodes(episodes, self.cfg, split=split, need_listener=need_listener)
+        stats = self.model.input_stats()
+        return eps, [prepare_episode(e, self.cfg, stats, self.tokenizer) for e in eps]
+
+    def sample(self, episodes: Iterable[Any], config: SampleConfig | None = None,
+               **overrides: Any) -> list[np.ndarray]:
+        """K candidates per episode: a list of ``(K, T, D)`` float32 arrays (see ``sample``)."""
+        from .sample import sample  # sample imports this module
+
+        return sample(self, episodes, config, **overrides)

@@ -1,0 +1,160 @@
+"""Sampling K listener candidates per episode, closed loop, chunk by chunk.
+
+All K candidates of an episode (and several episodes) run as rows of one batch. At step s the
+model reads the speaker up to frame s * chunk + look-ahead and its own sampled actions up to frame
+s * chunk - 1 (through the key/value cache), and emits the next ``chunk`` frames. A bin is drawn
+from each (frame, dimension) distribution -- softmax(logits / temperature), cut to the top-p
+nucleus -- by inverting its CDF *in bin order* at a uniform number. The uniforms come from a
+generator seeded by (seed, episode key), so an episode's candidates depend only on the policy, the
+seed and the sampling settings, not on which other episodes share the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import SampleConfig
+from .data import Prepared
+from .policy import Policy
+from .train import autocast
+
+
+CPU_SINGLE_THREAD_ROWS = 512  # CPU passes with fewer rows (episodes x K) run on one thread
+
+
+def episode_seed(seed: int, key: str) -> int:
+    """A 63-bit seed for one episode's draws (stable across processes and machines)."""
+    digest = hashlib.sha256(f"{int(seed)}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def pick_bins(logits: torch.Tensor, u: torch.Tensor, temperature: float,
+              top_p: float) -> torch.Tensor:
+    """Bin ids (...,) from logits (..., K) and uniforms u (...,) in [0, 1)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (..., K)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < top_p  # the top bin is always kept
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        probs = probs * keep
+    cdf = probs.cumsum(-1)  # (..., K), in bin order so equal u means equal quantile
+    target = u[..., None] * cdf[..., -1:]
+    return (cdf <= target).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def sampling_noise(group: Sequence[Prepared], cfg: SampleConfig, chunk: int,
+                   chol: torch.Tensor, length: int) -> torch.Tensor:
+    """(E * K, T, D) uniforms for inverse-CDF sampling, row = episode * K + candidate.
+
+    Normals from each episode's own generator, correlated across dimensions through ``chol``
+    (when ``couple_dims``), one draw per chunk (``noise="chunk"``) or per frame, mapped to [0, 1)
+    by the normal CDF.
+    """
+    k, width = cfg.k, chol.shape[0]
+    u = torch.zeros(len(group), k, length, width)  # (E, K, T, D)
+    for i, p in enumerate(group):
+        g = torch.Generator().manual_seed(episode_seed(cfg.seed, p.key))
+        n_draws = -(-p.n_frames // chunk) if cfg.noise == "chunk" else p.n_frames
+        z = torch.randn((k, n_draws, width), generator=g)  # (K, n, D)
+        if cfg.couple_dims:
+            z = z @ chol.T  # rows ~ N(0, chol chol^T)
+        if cfg.noise == "chunk":  # every frame of a chunk uses its chunk's draw
+            z = z.repeat_interleave(chunk, dim=1)[:, : p.n_frames]
+        u[i, :, : p.n_frames] = 0.5 * (1 + torch.erf(z / 2**0.5))
+    return u.flatten(0, 1).clamp(0.0, 1.0 - 1e-7)
+
+
+def _pad(parts: Sequence[torch.Tensor | None], length: int) -> tuple[torch.Tensor | None,
+                                                                     torch.Tensor]:
+    """Stack (T_i, ...) tensors padded with zeros to ``length``; (E,) presence mask."""
+    present = torch.tensor([p is not None for p in parts])
+    like = next((p for p in parts if p is not None), None)
+    if like is None:
+        return None, present
+    out = torch.zeros((len(parts), length, *like.shape[1:]), dtype=like.dtype)
+    for i, p in enumerate(parts):
+        if p is not None:
+            out[i, : len(p)] = p
+    return out, present
+
+
+@torch.no_grad()
+def _sample_group(policy: Policy, group: Sequence[Prepared], cfg: SampleConfig) -> list[np.ndarray]:
+    model, tok, mcfg = policy.model, policy.tokenizer, policy.cfg
+    device, k, chunk = policy.device, cfg.k, mcfg.chunk
+    length = max(p.n_frames for p in group)
+    width = tok.width
+
+    def rows(x: torch.Tensor | None) -> torch.Tensor | None:  # (E, ...) -> (E * K, ...)
+        return None if x is None else x.repeat_interleave(k, dim=0).to(device)
+
+    speaker, _ = _pad([p.speaker for p in group], length)
+    mel, mel_mask = _pad([p.mel for p in group], length)
+    text, _ = _pad([p.text for p in group], length)
+    video, video_mask = _pad([p.video for p in group], length)
+    inputs = {"speaker": rows(speaker), "mel": rows(mel), "mel_mask": rows(mel_mask),
+              "text": rows(text), "video": rows(video), "video_mask": rows(video_mask)}
+
+    u = sampling_noise(group, cfg, chunk, model.noise_chol.cpu(), length).to(device)  # (B, T, D)
+
+    b = len(group) * k
+    ids = torch.zeros(b, length, width, dtype=torch.long, device=device)  # sampled tokens
+    actions = torch.zeros(b, length, width, device=device)  # decoded, in [-1, 1] units
+    cache = model.new_cache()
+    fed = 0  # first position not yet in the cache
+    last = torch.tensor([-1], device=device)
+    for start in range(0, length, chunk):
+        pos = torch.arange(fed, start + 1, device=device)  # positions to feed now
+        step = {name: (x[:, pos] if x is not None and x.ndim > 1 else x)
+                for name, x in inputs.items()}
+        step["prev"] = actions[:, (pos - 1).clamp(min=0)]  # (B, n, D)
+        step["prev_valid"] = (pos >= 1)[None, :].expand(b, -1)  # (B, n)
+        with autocast(device, True):
+            logits = model(step, pos=pos, cache=cache, heads_at=last)[:, 0]  # (B, C, D, K)
+        n = min(chunk, length - start)
+        new = pick_bins(logits[:, :n], u[:, start : start + n], cfg.temperature, cfg.top_p)
+        ids[:, start : start + n] = new  # (B, n, D)
+        actions[:, start : start + n] = tok.normalise(tok.decode(new))
+        fed = start + 1
+    values = tok.decode(ids.cpu()).view(len(group), k, length, width).numpy()
+    return [values[i, :, : p.n_frames].copy() for i, p in enumerate(group)]
+
+
+def sample(policy: Policy, episodes: Iterable[Any], config: SampleConfig | None = None,
+           **overrides: Any) -> list[np.ndarray]:
+    """``config.k`` candidates for each episode: a list of ``(K, T_i, D)`` float32 arrays.
+
+    Episodes need speaker inputs only (a listener, if present, is ignored). Overrides replace
+    fields of ``config`` (``sample(policy, eps, k=8, seed=3)``).
+    """
+    cfg = dataclasses.replace(config or SampleConfig(), **overrides)
+    was_training = policy.model.training
+    policy.model.eval()
+    _, prepared = policy.prepare(episodes)
+    # Longest first, so each pass pads little; as many episodes per pass as max_rows allows.
+    order = sorted(range(len(prepared)), key=lambda i: -prepared[i].n_frames)
+    per_pass = max(1, cfg.max_rows // cfg.k)
+    out: list[np.ndarray | None] = [None] * len(prepared)
+    threads = torch.get_num_threads()
+    try:
+        for s in range(0, len(order), per_pass):
+            idx = order[s : s + per_pass]
+            if policy.device.type == "cpu" and len(idx) * cfg.k < CPU_SINGLE_THREAD_ROWS:
+                # A step of a small pass is hundreds of tiny kernels: worker threads spend more
+                # time meeting than working (20x slower with 2 threads on a busy 2-core box).
+                torch.set_num_threads(1)
+            for i, values in zip(idx, _sample_group(policy, [prepared[i] for i in idx], cfg)):
+                out[i] = values
+            torch.set_num_threads(threads)
+    finally:
+        torch.set_num_threads(threads)
+        policy.model.train(was_training)
+    return out  # type: ignore[return-value]

@@ -1,0 +1,283 @@
+"""Supervised fine-tuning (SFT) of the listener policy: one straight training loop.
+
+Loss = expression_weight * CE(expression tokens) + pose_weight * CE(head and jaw tokens)
+     + smooth_weight * mean squared acceleration of the decoded expected values,
+where the expected value of a dimension is sum_k softmax(logits)_k * centre_k in the tokenizer's
+[-1, 1] units, and the acceleration is the second difference along time (between positions, and
+within each predicted chunk). AdamW, linear warm-up then cosine decay, bf16 autocast on CUDA.
+Checkpoints hold the optimiser, schedule and every generator's state, so an interrupted run that
+resumes ends with the same weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from .config import ModelConfig, TrainConfig
+from .data import (Prepared, WindowStore, check_episodes, fit_input_stats, fit_noise_coupling,
+                   prepare_episode, raw_features, window_index)
+from .model import VLA
+from .policy import Policy, pick_device
+from .tokenizer import ActionTokenizer
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]  # (step, total, losses)
+
+
+@dataclass
+class TrainResult:
+    policy: Policy
+    step: int  # optimiser steps done
+    history: list[dict] = field(default_factory=list)  # one {step, lr, loss, ...} per log
+    checkpoint: Path | None = None
+    checkpoint_sha256: str | None = None
+    tokenizer_round_trip: dict = field(default_factory=dict)  # ActionTokenizer.round_trip_error
+    seconds: float = 0.0  # wall time of this call
+    frames_per_s: float = 0.0  # training frames (window positions) per second, this call
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``min_lr`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model: VLA, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "text_in" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2
+                                                               and "text_in" not in n)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             fused=device.type == "cuda")
+
+
+def sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+             centers: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor,
+             cfg: TrainConfig, tiled: bool = False,
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted token cross-entropy plus the smoothness penalty (see the module docstring).
+
+    logits (B, P, C, D, K) at P supervised positions; targets (B, P, C, D) int64; mask (B, P, C)
+    bool; centers (D, K) bin centres in [-1, 1] units; expression / pose: dimension indices.
+    ``tiled``: the positions are ``chunk`` apart, so their chunks join into one trajectory.
+    """
+    b, p, c, d, k = logits.shape
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B, P, C, D, K)
+    ce = -logp.gather(-1, targets[..., None])[..., 0]  # (B, P, C, D)
+    m = mask[..., None].float()  # (B, P, C, 1)
+    per_dim = (ce * m).sum((0, 1, 2)) / m.sum().clamp_min(1.0)  # (D,)
+    ce_expr = per_dim[expression].mean() if len(expression) else per_dim.new_zeros(())
+    ce_pose = per_dim[pose].mean() if len(pose) else per_dim.new_zeros(())
+    ev = torch.einsum("bpcdk,dk->bpcd", logp.exp(), centers)  # (B, P, C, D) expected values
+    if tiled:  # consecutive chunks form one trajectory of P * C frames
+        paths, ok = [ev.reshape(b, p * c, d)], [mask.reshape(b, p * c)]
+    else:  # first frames of all positions, and each chunk on its own
+        paths = [ev[:, :, 0], ev.flatten(0, 1)]  # (B, P, D), (B * P, C, D)
+        ok = [mask[:, :, 0], mask.flatten(0, 1)]
+    num = den = ce_expr.new_zeros(())
+    for x, v in zip(paths, ok):
+        if x.shape[1] < 3:
+            continue
+        acc = x[:, 2:] - 2 * x[:, 1:-1] + x[:, :-2]  # (N, S - 2, D) second differences
+        valid = (v[:, 2:] & v[:, 1:-1] & v[:, :-2]).float()  # (N, S - 2)
+        num = num + ((acc**2).mean(-1) * valid).sum()
+        den = den + valid.sum()
+    smooth = num / den.clamp_min(1.0)
+    loss = cfg.expression_weight * ce_expr + cfg.pose_weight * ce_pose + cfg.smooth_weight * smooth
+    return loss, {"ce_expression": ce_expr.detach(), "ce_pose": ce_pose.detach(),
+                  "smooth": smooth.detach()}
+
+
+def autocast(device: torch.device, enabled: bool) -> Any:
+    if device.type == "cuda" and enabled:
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class Trainer:
+    """The state of one SFT run; :func:`train` is the entry point."""
+
+    def __init__(self, policy: Policy, tcfg: TrainConfig, train: Sequence[Prepared],
+                 val: Sequence[Prepared], device: torch.device) -> None:
+        self.policy, self.tcfg, self.device = policy, tcfg, device
+        self.cfg = policy.cfg
+        self.train_set, self.val_set = train, val
+        self.index = window_index(train, self.cfg.context)  # (W, 2)
+        self.store = WindowStore(train, self.cfg, device)
+        self.val_store = WindowStore(val, self.cfg, device) if val else None
+        self.optimizer = make_optimizer(policy.model, tcfg, device)
+        self.gen = torch.Generator().manual_seed(tcfg.seed + 1)  # windows and augmentation
+        self.step = 0
+        self.history: list[dict] = []
+        layout = policy.layout
+        self.expression = torch.as_tensor(layout.expression_indices, device=device)
+        self.pose = torch.as_tensor(layout.pose_indices, device=device)
+        tok = policy.tokenizer
+        self.centers = tok.normalise(tok.centers.T).T.contiguous().to(device)  # (D, K), [-1, 1]
+
+    def next_batch(self) -> dict:
+        picks = self.index[torch.randint(len(self.index), (self.tcfg.batch_size,),
+                                         generator=self.gen)]  # (B, 2)
+        batch = self.store.batch(picks)
+        # Closed-loop robustness: the past listener input is noisy, sometimes hidden entirely.
+        # (Drawn on the CPU generator, whose state the checkpoint keeps, then moved.)
+        noise = torch.randn(batch["prev"].shape, generator=self.gen) * self.tcfg.listener_noise
+        batch["prev"] = batch["prev"] + noise.to(self.device) * batch["prev_valid"][..., None]
+        hide = torch.rand(len(picks), generator=self.gen) < self.tcfg.listener_drop  # (B,)
+        batch["prev_valid"] = batch["prev_valid"] & ~hide.to(self.device)[:, None]
+        stride = self.tcfg.loss_stride or self.cfg.chunk
+        offset = int(torch.randint(stride, (1,), generator=self.gen))
+        batch["heads_at"] = torch.arange(offset, self.cfg.context, stride, device=self.device)
+        return batch
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        at = batch["heads_at"]
+        with autocast(self.device, self.tcfg.amp):
+            logits = self.policy.model(batch, heads_at=at)  # (B, P, C, D, K)
+        tiled = len(at) > 1 and int(at[1] - at[0]) == self.cfg.chunk
+        return sft_loss(logits, batch["targets"][:, at], batch["target_mask"][:, at],
+                        self.centers, self.expression, self.pose, self.tcfg, tiled)
+
+    def train_step(self) -> dict[str, float]:
+        model, opt = self.policy.model, self.optimizer
+        model.train()
+        lr = lr_at(self.step, self.tcfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss, parts = self.loss(self.next_batch())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.tcfg.grad_clip)
+        opt.step()
+        self.step += 1
+        return {"loss": float(loss.detach()), "lr": lr, **{k: float(v) for k, v in parts.items()}}
+
+    @torch.no_grad()
+    def val_loss(self, max_windows: int = 256) -> float:
+        """Mean loss over fixed, evenly spaced validation windows (no augmentation)."""
+        self.policy.model.eval()
+        index = window_index(self.val_set, self.cfg.context)
+        picks = index[torch.linspace(0, len(index) - 1, min(max_windows, len(index))).long()]
+        total, n = 0.0, 0
+        stride = self.tcfg.loss_stride or self.cfg.chunk
+        for chunk in picks.split(self.tcfg.batch_size):
+            batch = self.val_store.batch(chunk)
+            batch["heads_at"] = torch.arange(0, self.cfg.context, stride, device=self.device)
+            loss, _ = self.loss(batch)
+            total, n = total + float(loss) * len(chunk), n + len(chunk)
+        return total / n
+
+    def save(self, path: Path) -> str:
+        return save_checkpoint(path, policy=self.policy, train_config=self.tcfg, step=self.step,
+                               optimizer=self.optimizer, data_generator=self.gen,
+                               schedule={"kind": "warmup-cosine", "step": self.step,
+                                         "lr": lr_at(self.step, self.tcfg)},
+                               history=self.history)
+
+
+def _prepare_split(episodes: Sequence[Any], cfg: ModelConfig, split: str, tokenizer, stats,
+                   ) -> list[Prepared]:
+    eps = check_episodes(episodes, cfg, split=split, need_listener=True)
+    return [prepare_episode(e, cfg, stats, tokenizer) for e in eps]
+
+
+def train(train_episodes: Sequence[Any], model_config: ModelConfig | None = None,
+          train_config: TrainConfig | None = None, *, val_episodes: Sequence[Any] | None = None,
+          checkpoint_path: str | Path | None = None, resume_from: str | Path | None = None,
+          stop_at_step: int | None = None, progress: ProgressFn | None = None) -> TrainResult:
+    """Train a policy on ``train_episodes`` (episode-like objects with a listener).
+
+    The tokenizer and the input statistics are fitted on the training split. With
+    ``resume_from``, configs, tokenizer, statistics, weights, optimiser, step and generators come
+    from that checkpoint (configs given here must then be None or equal). ``stop_at_step`` ends
+    the call early (the run is resumable from ``checkpoint_path``); ``progress(step, total,
+    losses)`` is called every ``log_every`` steps and at the end.
+    """
+    started = time.perf_counter()
+    ckpt = load_checkpoint(resume_from) if resume_from is not None else None
+    if ckpt is not None:
+        for given, saved in ((model_config, ckpt.model_config), (train_config, ckpt.train_config)):
+            if given is not None and given != saved:
+                raise ValueError(f"resuming {resume_from}: the given {type(given).__name__} "
+                                 "differs from the checkpoint's; pass None to use the saved one")
+        model_config, train_config = ckpt.model_config, ckpt.train_config
+    cfg = model_config or ModelConfig()
+    tcfg = train_config or TrainConfig()
+    device = pick_device(tcfg.device)
+
+    eps = check_episodes(train_episodes, cfg, split="train", need_listener=True)
+    raws = [raw_features(e, cfg) for e in eps]
+    if ckpt is not None:
+        tokenizer = ckpt.tokenizer
+    else:
+        tokenizer = ActionTokenizer.fit(np.concatenate([e.listener for e in eps]),
+                                        n_bins=cfg.n_bins, layout=cfg.layout)
+    torch.manual_seed(tcfg.seed)  # initialisation and dropout
+    model = VLA(cfg, tokenizer.width)
+    if ckpt is None:
+        stats = fit_input_stats(raws, cfg)
+        model.set_input_stats({**stats, "noise_chol": fit_noise_coupling(
+            [e.listener for e in eps], tokenizer, cfg.chunk)})
+    else:
+        stats = {k: ckpt.state["model"][k]
+                 for k in ("speaker_mean", "speaker_std", "mel_mean", "mel_std")}
+    policy = Policy(model, tokenizer, cfg).to(device)
+    train_set = [prepare_episode(e, cfg, stats, tokenizer, raw) for e, raw in zip(eps, raws)]
+    val_set = _prepare_split(val_episodes, cfg, "val", tokenizer, stats) if val_episodes else []
+    trainer = Trainer(policy, tcfg, train_set, val_set, device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt.state["model"])
+        trainer.optimizer.load_state_dict(ckpt.state["optimizer"])
+        trainer.step = ckpt.step
+        trainer.history = list(ckpt.state["history"])
+        restore_rng(ckpt.state["rng"], trainer.gen)
+    round_trip = tokenizer.round_trip_error(np.concatenate([e.listener for e in eps]))
+    logger.info("SFT start: %d train windows, %d params, step %d/%d on %s",
+                len(trainer.index), model.n_params(), trainer.step, tcfg.max_steps, device)
+
+    end = tcfg.max_steps if stop_at_step is None else min(stop_at_step, tcfg.max_steps)
+    first_step, t0 = trainer.step, time.perf_counter()
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    sha = None
+    while trainer.step < end:
+        losses = trainer.train_step()
+        done = trainer.step == end
+        if val_set and ((tcfg.eval_every and trainer.step % tcfg.eval_every == 0)
+                        or trainer.step == tcfg.max_steps):
+            losses["val_loss"] = trainer.val_loss()
+        if trainer.step % tcfg.log_every == 0 or done:
+            trainer.history.append({"step": trainer.step, **losses})
+            if progress is not None:
+                progress(trainer.step, tcfg.max_steps, losses)
+        if path is not None and (done or (tcfg.checkpoint_every
+                                          and trainer.step % tcfg.checkpoint_every == 0)):
+            sha = trainer.save(path)
+    if path is not None and sha is None:  # nothing left to train: still leave a checkpoint
+        sha = trainer.save(path)
+    seconds = time.perf_counter() - t0
+    frames = (trainer.step - first_step) * tcfg.batch_size * cfg.context
+    policy.model.eval()
+    logger.info("SFT done: step %d in %.1fs (%.0f frames/s)", trainer.step, seconds,
+                frames / max(seconds, 1e-9))
+    return TrainResult(policy=policy, step=trainer.step, history=trainer.history, checkpoint=path,
+                       checkpoint_sha256=sha, tokenizer_round_trip=round_trip,
+                       seconds=time.perf_counter() - started,
+                       frames_per_s=frames / max(seconds, 1e-9))
