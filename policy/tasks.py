@@ -53,8 +53,8 @@ def generate_candidates_task(
     version_id: int,
     episode_ids: list[int],
     k: int = 4,
-    temperature: float = 0.8,
-    top_p: float = 0.9,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
     seed: int = 0,
     ground_truth: bool = True,
 ) -> None:

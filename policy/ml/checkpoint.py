@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sys
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path

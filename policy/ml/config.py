@@ -82,7 +82,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = 2000  # optimiser steps; the cosine schedule ends here
-    batch_size: int = 32  # training windows per step
+    batch_size: int = 64  # training windows per step (64 frames each by default)
     lr: float = 2e-3  # peak learning rate
     min_lr: float = 1e-4  # learning rate at the end of the cosine decay
     warmup_steps: int = 100  # linear warm-up from 0 to lr

@@ -54,7 +54,7 @@ def episode_from(obj: Any) -> EpisodeData:
         audio=getattr(obj, "audio", None),
         sample_rate=getattr(obj, "audio_sample_rate", None) or getattr(obj, "sample_rate", None),
         transcript=getattr(obj, "transcript", None),
-        video=video if isinstance(video, np.ndarray) else None,  # encoded files are decoded upstream
+        video=video if isinstance(video, np.ndarray) else None,  # files are decoded upstream
         split=str(getattr(obj, "split", "train")),
         meta=dict(getattr(obj, "meta", None) or {}),
     )

@@ -1,4 +1,4 @@
-"""Errors of ``policy.ml``: each says which episode, file or field is wrong and what was expected."""
+"""Errors of ``policy.ml``: each names the episode, file or field, and what it expected."""
 
 from __future__ import annotations
 

@@ -87,12 +87,12 @@ def evaluate(policy: Policy | None, test_episodes: Sequence[Any], train_episodes
     else:
         raise ValueError("evaluate without a policy needs the layout name")
     test = check_episodes(test, model_cfg, split="test", need_listener=True)
-    layout_ = get_layout(model_cfg.layout)
+    lay = get_layout(model_cfg.layout)
     gt_frames = np.concatenate([e.listener for e in test])  # (N, D)
     centroids = {
-        "expression": M.kmeans(gt_frames[:, layout_.expression_indices],
+        "expression": M.kmeans(gt_frames[:, lay.expression_indices],
                                KMEANS_K["expression"], seed=seed),
-        "pose": M.kmeans(gt_frames[:, layout_.pose_indices], KMEANS_K["pose"], seed=seed),
+        "pose": M.kmeans(gt_frames[:, lay.pose_indices], KMEANS_K["pose"], seed=seed),
     }
     candidates: dict[str, list[np.ndarray]] = {}
     if policy is not None:
@@ -103,7 +103,7 @@ def evaluate(policy: Policy | None, test_episodes: Sequence[Any], train_episodes
     base = Baselines(train_episodes)
     for name in baselines:
         candidates[name] = [base.candidates(name, e, cfg.k, seed=cfg.seed) for e in test]
-    sources = {name: score_candidates(c, test, layout_, centroids=centroids, oracle=oracle)
+    sources = {name: score_candidates(c, test, lay, centroids=centroids, oracle=oracle)
                for name, c in candidates.items()}
     return {"sources": sources,
             "ground_truth_variance": float(np.mean([M.variance(e.listener) for e in test])),

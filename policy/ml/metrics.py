@@ -67,7 +67,7 @@ def fd(pred: np.ndarray, gt: np.ndarray, dims: np.ndarray | None = None, *,
 
 def paired_fd(pred: np.ndarray, gt: np.ndarray, speaker: np.ndarray, *,
               eps: float = FD_EPS) -> float:
-    """P-FD: FD over concatenated frames [S_t ; X^_t] vs [S_t ; X_t] (synchrony with the speaker)."""
+    """P-FD: FD over concatenated frames [S_t ; X^_t] vs [S_t ; X_t]: synchrony with the speaker."""
     s = np.asarray(speaker, np.float64)
     return fd(np.concatenate([s, pred], axis=-1), np.concatenate([s, gt], axis=-1), eps=eps)
 

@@ -24,7 +24,6 @@ from .data import Prepared
 from .policy import Policy
 from .train import autocast
 
-
 CPU_SINGLE_THREAD_ROWS = 512  # CPU passes with fewer rows (episodes x K) run on one thread
 
 

@@ -11,6 +11,7 @@ resumes ends with the same weights as one that was never interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -26,13 +27,24 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .config import ModelConfig, TrainConfig
-from .data import (Prepared, WindowStore, check_episodes, fit_input_stats, fit_noise_coupling,
-                   prepare_episode, raw_features, window_index)
+from .data import (
+    Prepared,
+    WindowStore,
+    check_episodes,
+    fit_input_stats,
+    fit_noise_coupling,
+    prepare_episode,
+    raw_features,
+    window_index,
+)
 from .model import VLA
 from .policy import Policy, pick_device
 from .tokenizer import ActionTokenizer
 
 logger = logging.getLogger(__name__)
+
+# TrainConfig fields a resumed run may set anew; the others must match the checkpoint's.
+RESUME_MAY_CHANGE = ("device", "amp", "log_every", "eval_every", "checkpoint_every")
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]  # (step, total, losses)
 
@@ -155,7 +167,9 @@ class Trainer:
         return sft_loss(logits, batch["targets"][:, at], batch["target_mask"][:, at],
                         self.centers, self.expression, self.pose, self.tcfg, tiled)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, torch.Tensor | float]:
+        """One optimiser step. Losses come back as device tensors: reading them waits for the
+        GPU, so the loop reads them only when it logs, and the CPU queues the next step."""
         model, opt = self.policy.model, self.optimizer
         model.train()
         lr = lr_at(self.step, self.tcfg)
@@ -168,7 +182,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.tcfg.grad_clip)
         opt.step()
         self.step += 1
-        return {"loss": float(loss.detach()), "lr": lr, **{k: float(v) for k, v in parts.items()}}
+        return {"loss": loss.detach(), "lr": lr, **parts}
 
     @torch.no_grad()
     def val_loss(self, max_windows: int = 256) -> float:
@@ -207,18 +221,23 @@ def train(train_episodes: Sequence[Any], model_config: ModelConfig | None = None
 
     The tokenizer and the input statistics are fitted on the training split. With
     ``resume_from``, configs, tokenizer, statistics, weights, optimiser, step and generators come
-    from that checkpoint (configs given here must then be None or equal). ``stop_at_step`` ends
+    from that checkpoint (configs given here must then be None or equal, but for the fields in
+    RESUME_MAY_CHANGE: a run may continue on another device). ``stop_at_step`` ends
     the call early (the run is resumable from ``checkpoint_path``); ``progress(step, total,
     losses)`` is called every ``log_every`` steps and at the end.
     """
     started = time.perf_counter()
     ckpt = load_checkpoint(resume_from) if resume_from is not None else None
     if ckpt is not None:
-        for given, saved in ((model_config, ckpt.model_config), (train_config, ckpt.train_config)):
+        saved_train = ckpt.train_config or TrainConfig()
+        if train_config is not None:  # where and how often to log may change, nothing else
+            saved_train = dataclasses.replace(
+                saved_train, **{f: getattr(train_config, f) for f in RESUME_MAY_CHANGE})
+        for given, saved in ((model_config, ckpt.model_config), (train_config, saved_train)):
             if given is not None and given != saved:
                 raise ValueError(f"resuming {resume_from}: the given {type(given).__name__} "
                                  "differs from the checkpoint's; pass None to use the saved one")
-        model_config, train_config = ckpt.model_config, ckpt.train_config
+        model_config, train_config = ckpt.model_config, saved_train
     cfg = model_config or ModelConfig()
     tcfg = train_config or TrainConfig()
     device = pick_device(tcfg.device)
@@ -230,7 +249,7 @@ def train(train_episodes: Sequence[Any], model_config: ModelConfig | None = None
     else:
         tokenizer = ActionTokenizer.fit(np.concatenate([e.listener for e in eps]),
                                         n_bins=cfg.n_bins, layout=cfg.layout)
-    torch.manual_seed(tcfg.seed)  # initialisation and dropout
+    torch.manual_seed(tcfg.seed)  # initialisation and dropout (the global generator, as nanoGPT)
     model = VLA(cfg, tokenizer.width)
     if ckpt is None:
         stats = fit_input_stats(raws, cfg)
@@ -258,12 +277,14 @@ def train(train_episodes: Sequence[Any], model_config: ModelConfig | None = None
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     sha = None
     while trainer.step < end:
-        losses = trainer.train_step()
+        step_losses = trainer.train_step()
         done = trainer.step == end
-        if val_set and ((tcfg.eval_every and trainer.step % tcfg.eval_every == 0)
-                        or trainer.step == tcfg.max_steps):
-            losses["val_loss"] = trainer.val_loss()
-        if trainer.step % tcfg.log_every == 0 or done:
+        validate = val_set and ((tcfg.eval_every and trainer.step % tcfg.eval_every == 0)
+                                or trainer.step == tcfg.max_steps)
+        if trainer.step % tcfg.log_every == 0 or done or validate:
+            losses = {k: float(v) for k, v in step_losses.items()}
+            if validate:
+                losses["val_loss"] = trainer.val_loss()
             trainer.history.append({"step": trainer.step, **losses})
             if progress is not None:
                 progress(trainer.step, tcfg.max_steps, losses)

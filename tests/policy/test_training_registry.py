@@ -133,7 +133,7 @@ def test_candidates_are_generated_once(corpus, version):
     arrays = [blobs.load_array(c.array_sha) for c in samples]
     assert all(a.shape == (episodes[0].n_frames, 18) for a in arrays)
     assert not np.array_equal(arrays[0], arrays[1])  # K distinct samples
-    assert {c.seed for c in samples} == {1} and {c.temperature for c in samples} == {0.8}
+    assert {c.seed for c in samples} == {1} and {c.temperature for c in samples} == {1.0}
     # another seed is another set of candidates
     assert candidates_generate(version=version, episodes=episodes[:1], k=3, seed=2) == 3
 

@@ -43,6 +43,7 @@ def test_a_changed_file_or_another_tokenizer_is_refused(tmp_path, tiny_result):
     assert load_checkpoint(path, expected_sha256=sha.upper(), tokenizer=fingerprint).step == 0
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_files_that_are_not_plain_checkpoints_are_refused(tmp_path):
     class Payload:  # unpickling this would run code of the file's choosing
         def __reduce__(self):
@@ -89,3 +90,10 @@ def test_resume_refuses_a_different_config(tmp_path, episodes):
     _, other = tiny_configs(max_steps=3)
     with pytest.raises(ValueError, match="differs from the checkpoint"):
         train(episodes[:2], model_cfg, other, resume_from=tmp_path / "c.pt")
+
+
+def test_resume_may_change_the_device_and_the_logging(tmp_path, episodes):
+    model_cfg, train_cfg = tiny_configs(max_steps=3)
+    train(episodes[:2], model_cfg, train_cfg, checkpoint_path=tmp_path / "c.pt", stop_at_step=1)
+    _, elsewhere = tiny_configs(max_steps=3, log_every=2, device="cpu")
+    assert train(episodes[:2], model_cfg, elsewhere, resume_from=tmp_path / "c.pt").step == 3

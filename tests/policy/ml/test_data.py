@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from policy.ml.config import ModelConfig
-from policy.ml.data import (EpisodeData, check_episodes, fit_input_stats, make_batch,
-                            prepare_episode, raw_features, window_index)
+from policy.ml.data import (
+    EpisodeData,
+    check_episodes,
+    fit_input_stats,
+    make_batch,
+    prepare_episode,
+    raw_features,
+    window_index,
+)
 from policy.ml.errors import EmptySplitError, PolicyDataError
 from policy.ml.tokenizer import ActionTokenizer
 

@@ -1,0 +1,224 @@
+"""Listener policy speed: SFT training throughput and sampling K candidates for many episodes.
+
+    python -m benchmarks.policy                      # CUDA if available, else CPU
+    python -m benchmarks.policy --device cuda        # ~3 minutes on one H100
+    python -m benchmarks.policy --device cpu --episodes 40
+
+Training: frames (window positions) per second of ``policy.ml.train.Trainer.train_step`` with the
+default ``ModelConfig`` (bf16 autocast on CUDA), and model FLOP utilisation = frames/s x
+``VLA.flops_per_frame`` (~6 x parameters + attention, the 256-bin heads counted per chunk frame)
+/ the device's peak dense bf16 rate (a table for H100 / H200; n/a on CPU). Compared in the same
+run with fp32 (no autocast).
+
+Sampling: seconds to draw K = 8 candidates for each of N synthetic episodes (default 10,000 on
+CUDA, 100 on CPU), closed loop with the key/value cache, feature preparation timed apart. Compared
+with the naive loop (re-running the whole prefix every chunk, no cache) on a subset, as a ratio.
+Timing does not depend on the weights, so the policy is the one the training measurement leaves.
+
+Results: benchmarks/results/policy-<device>.json (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from benchmarks.common import machine_info, write_results
+from policy.ml.config import ModelConfig, SampleConfig, TrainConfig
+from policy.ml.data import EpisodeData, Prepared, episode_from
+from policy.ml.policy import Policy
+from policy.ml.sample import pick_bins, sampling_noise
+from policy.ml.train import Trainer, autocast, train
+from policy.synthetic import generate_episode
+
+# Peak dense bf16 tensor-core rates (FLOP/s) from NVIDIA's data sheets (sparsity excluded).
+PEAK_BF16 = {
+    "H100 SXM": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # "NVIDIA H100 80GB HBM3" is the SXM part
+    "H200": 989e12,
+}
+
+
+def peak_flops(device: torch.device) -> tuple[str, float | None]:
+    if device.type != "cuda":
+        return "cpu", None
+    name = torch.cuda.get_device_name(device)
+    for key in sorted(PEAK_BF16, key=len, reverse=True):  # the most specific name first
+        if all(part in name for part in key.split()):
+            return name, PEAK_BF16[key]
+    return name, None
+
+
+def corpus(n: int, distinct: int, seed: int = 1) -> list[EpisodeData]:
+    """n episodes: ``distinct`` generated ones, repeated under new keys (own sampling noise)."""
+    base = [episode_from(generate_episode(seed, i)) for i in range(min(n, distinct))]
+    return [dataclasses.replace(base[i % len(base)], key=f"bench-{i:06d}") for i in range(n)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_training(episodes: Sequence[EpisodeData], cfg: ModelConfig, tcfg: TrainConfig,
+                   device: torch.device, warmup: int, steps: int) -> tuple[Policy, dict]:
+    policy = train(episodes, cfg, dataclasses.replace(tcfg, max_steps=1)).policy
+    _, prepared = policy.prepare(episodes, need_listener=True)
+    trainer = Trainer(policy, tcfg, prepared, [], device)
+    for _ in range(warmup):
+        trainer.train_step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    sync(device)
+    seconds = time.perf_counter() - t0
+    frames = steps * tcfg.batch_size * cfg.context
+    heads = 1.0 / cfg.chunk if tcfg.loss_stride == 0 else 1.0 / tcfg.loss_stride
+    flops = policy.model.flops_per_frame(training=True, head_fraction=heads)
+    name, peak = peak_flops(device)
+    fps = frames / seconds
+    return policy, {
+        "amp_bf16": bool(tcfg.amp and device.type == "cuda"),
+        "batch_size": tcfg.batch_size, "window": cfg.context, "steps_timed": steps,
+        "seconds": seconds, "frames_per_s": fps, "steps_per_s": steps / seconds,
+        "params": policy.model.n_params(), "flops_per_frame": flops,
+        "achieved_tflops": fps * flops / 1e12,
+        "peak_bf16_tflops": peak / 1e12 if peak else None,
+        "mfu": fps * flops / peak if peak else None,
+        "device_name": name,
+    }
+
+
+@torch.no_grad()
+def naive_sample(policy: Policy, group: Sequence[Prepared], cfg: SampleConfig) -> None:
+    """The loop a user writes first: the whole prefix through the model for every chunk."""
+    model, tok, mcfg, device = policy.model, policy.tokenizer, policy.cfg, policy.device
+    length, k, width = max(p.n_frames for p in group), cfg.k, tok.width
+    u = sampling_noise(group, cfg, mcfg.chunk, model.noise_chol.cpu(), length).to(device)
+    speaker = torch.zeros(len(group), length, width)
+    for i, p in enumerate(group):
+        speaker[i, : p.n_frames] = p.speaker
+    speaker = speaker.repeat_interleave(k, 0).to(device)
+    b = len(group) * k
+    actions = torch.zeros(b, length, width, device=device)
+    for start in range(0, length, mcfg.chunk):
+        pos = torch.arange(0, start + 1, device=device)
+        prev = torch.cat([torch.zeros(b, 1, width, device=device), actions[:, :start]], dim=1)
+        batch = {"speaker": speaker[:, pos], "prev": prev,
+                 "prev_valid": (pos >= 1)[None].expand(b, -1)}
+        with autocast(device, True):
+            logits = model(batch, heads_at=torch.tensor([start], device=device))[:, 0]
+        n = min(mcfg.chunk, length - start)
+        ids = pick_bins(logits[:, :n], u[:, start : start + n], cfg.temperature, cfg.top_p)
+        actions[:, start : start + n] = tok.normalise(tok.decode(ids))
+    sync(device)
+
+
+def bench_sampling(policy: Policy, episodes: Sequence[EpisodeData], k: int, max_rows: int,
+                   naive_episodes: int) -> dict:
+    device = policy.device
+    cfg = SampleConfig(k=k, max_rows=max_rows)
+    t0 = time.perf_counter()
+    _, prepared = policy.prepare(episodes)
+    prep_s = time.perf_counter() - t0
+    policy.sample(episodes[: min(len(episodes), max(1, max_rows // k))], cfg)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    out = policy.sample(episodes, cfg)
+    sync(device)
+    total_s = time.perf_counter() - t0
+    frames = sum(o.shape[0] * o.shape[1] for o in out)
+    # Same subset both ways (audio and text off in the naive loop's inputs cost nothing here:
+    # the model's time is in the transformer and the heads).
+    sub = prepared[:naive_episodes]
+    subset_eps = episodes[:naive_episodes]
+    sync(device)
+    t0 = time.perf_counter()
+    policy.sample(subset_eps, cfg)
+    sync(device)
+    cached_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for s in range(0, len(sub), max(1, max_rows // k)):
+        naive_sample(policy, sub[s : s + max(1, max_rows // k)], cfg)
+    naive_s = time.perf_counter() - t0
+    return {
+        "episodes": len(episodes), "k": k, "max_rows": max_rows,
+        "mean_frames": float(np.mean([e.n_frames for e in episodes])),
+        "prepare_features_s": prep_s,
+        "sample_s_including_features": total_s,
+        "sample_s": max(total_s - prep_s, 0.0),
+        "candidate_frames_per_s": frames / max(total_s - prep_s, 1e-9),
+        "naive_subset_episodes": len(sub), "cached_subset_s": cached_s, "naive_subset_s": naive_s,
+        "speedup_vs_naive": naive_s / max(cached_s, 1e-9),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--episodes", type=int, default=None,
+                    help="episodes to sample for (default 10000 on CUDA, 100 on CPU)")
+    ap.add_argument("--k", type=int, default=8, help="candidates per episode")
+    ap.add_argument("--steps", type=int, default=None, help="timed training steps")
+    ap.add_argument("--batch-size", type=int, default=None, help="training windows per step")
+    ap.add_argument("--max-rows", type=int, default=None, help="episodes x k rows per pass")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    gpu = device.type == "cuda"
+    n_sample = args.episodes or (10_000 if gpu else 100)
+    steps = args.steps or (50 if gpu else 5)
+    batch = args.batch_size or (128 if gpu else 16)
+    max_rows = args.max_rows or (4096 if gpu else 256)
+    cfg = ModelConfig()  # the default (research) model, not the CPU demo one
+    tcfg = TrainConfig(batch_size=batch, device=str(device), log_every=10**9)
+    print(f"device {device}: generating episodes ...", flush=True)
+    t0 = time.perf_counter()
+    train_eps = corpus(64 if gpu else 16, 64)
+    sample_eps = corpus(n_sample, 1000 if gpu else 100)
+    corpus_s = time.perf_counter() - t0
+
+    results: dict = {"machine": machine_info(torch=torch.__version__, device=str(device)),
+                     "model_config": dataclasses.asdict(cfg), "corpus_s": corpus_s}
+    policy, results["train_bf16" if gpu else "train"] = bench_training(
+        train_eps, cfg, tcfg, device, warmup=5 if gpu else 1, steps=steps)
+    if gpu:  # the alternative: plain fp32
+        _, results["train_fp32"] = bench_training(
+            train_eps, cfg, dataclasses.replace(tcfg, amp=False), device, warmup=5, steps=steps)
+        results["bf16_speedup"] = (results["train_bf16"]["frames_per_s"]
+                                   / results["train_fp32"]["frames_per_s"])
+    policy.model.eval()
+    results["sample"] = bench_sampling(policy, sample_eps, args.k, max_rows,
+                                       naive_episodes=min(n_sample, 64 if gpu else 4))
+
+    print(f"\n{'measurement':<36}{'value':>16}")
+    for key, label, fmt in (("train_bf16", "train frames/s (bf16)", "{:,.0f}"),
+                            ("train_fp32", "train frames/s (fp32)", "{:,.0f}"),
+                            ("train", "train frames/s", "{:,.0f}")):
+        if key in results:
+            r = results[key]
+            print(f"{label:<36}{fmt.format(r['frames_per_s']):>16}")
+            mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.2f} %"
+            print(f"{'  MFU (' + r['device_name'][:20] + ')':<36}{mfu:>16}")
+    s = results["sample"]
+    label = f"sample K={s['k']} for {s['episodes']} episodes (s)"
+    print(f"{label:<36}{s['sample_s']:>16.1f}")
+    print(f"{'  + feature preparation (s)':<36}{s['prepare_features_s']:>16.1f}")
+    print(f"{'  cache vs naive loop (x faster)':<36}{s['speedup_vs_naive']:>16.1f}")
+    out = write_results(f"policy-{device.type}", results, args.out)
+    print(f"\nwrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""The listener policy: pure PyTorch + NumPy, no Django (nanoGPT-style, one concern per file).
+
+| module        | what it holds                                                               |
+|---------------|-----------------------------------------------------------------------------|
+| config        | ModelConfig, TrainConfig, SampleConfig (dataclasses, a comment per default) |
+| tokenizer     | ActionTokenizer: 256 bins per dimension between the 1st and 99th percentile |
+| features      | log-mel audio, words heard per frame (hashed or a registered encoder), video|
+| data          | EpisodeData, checks with clear errors, prepared inputs, training windows    |
+| model         | VLA: speaker encoders, causal transformer, per-dimension bin heads, cache   |
+| policy        | Policy = model + tokenizer + config; prepare() and sample()                 |
+| train         | train(): SFT loss, AdamW + cosine, bf16 on CUDA, exact resume               |
+| sample        | sample(): K candidates per episode, closed loop, reproducible per seed      |
+| checkpoint    | save_checkpoint / load_checkpoint / load_policy / file_sha256               |
+| metrics       | L2, FD, P-FD, variance, SI-diversity, FRDiv, FRVar, FRSyn (NumPy)           |
+| baselines     | ground truth, random clip, nearest neighbour, mirror, mean face             |
+| evaluate      | evaluate(): every metric for the policy and every baseline (+ oracle)       |
+| demo          | train_small_demo_policy(): the CPU-sized policy of the demo and the tests   |
+
+Import the modules you need (``from policy.ml.train import train``); this package imports
+nothing itself, so ``policy.ml.metrics`` stays usable without loading torch.
+"""
