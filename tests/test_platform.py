@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.workers import start_worker, stop
+
 ROOT = Path(__file__).resolve().parents[1]
 _SERVER_VARS = (
     "DATABASE_URL",
@@ -65,30 +67,7 @@ def test_embedded_default_runs_a_real_worker_without_any_server(tmp_path):
     file-system broker import a corpus uploaded as a job, as in the demo."""
     env = clean_env(DEBUG="1", VAR_DIR=str(tmp_path / "var"))
     assert manage("migrate", "-v", "0", env=env).returncode == 0
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "default",
-            "-P",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-l",
-            "info",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    worker = start_worker("default", env)
     script = textwrap.dedent(
         f"""
         import time
@@ -112,8 +91,7 @@ def test_embedded_default_runs_a_real_worker_without_any_server(tmp_path):
     try:
         result = manage("shell", "-c", script, env=env)
     finally:
-        worker.terminate()
-        log = worker.communicate(timeout=30)[0]
+        log = stop(worker)
     assert "STATUS succeeded 2" in result.stdout, result.stdout + result.stderr + log[-2000:]
     assert (tmp_path / "var" / "db.sqlite3").exists()
 

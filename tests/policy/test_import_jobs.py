@@ -1,8 +1,5 @@
 import io
 import os
-import subprocess
-import sys
-import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -11,13 +8,13 @@ import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
 
 from config.celery import app as celery_app
 from policy.models import Dataset, DatasetImport, Episode, JobStatus
 from policy.services.imports import dataset_import_request, dataset_import_run
 from tests.conftest import media_files, require_real_services
 from tests.policy.corpus_files import write_backchannel_corpus
+from tests.workers import start_worker, stop, wait_until_finished, worker_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,60 +120,19 @@ def test_a_real_worker_runs_the_import_through_redis(tmp_path):
     assert django_settings.CELERY_BROKER_URL.startswith("redis://")
     with celery_app.connection_for_write() as conn:
         conn.default_channel.queue_purge("default")  # nothing left over from earlier runs
-    env = dict(os.environ)
-    env["DATABASE_URL"] = _url_of_test_database()
-    env["MEDIA_ROOT"] = django_settings.MEDIA_ROOT
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "default",
-            "-P",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "info",
-            "-n",
-            f"t{uuid.uuid4().hex[:8]}@%h",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    worker = start_worker("default", worker_env(dict(os.environ)))
     try:
         # when: the web side enqueues (autocommit here, so on_commit sends at once)
         job = dataset_import_request(
             upload=upload(corpus_zip(tmp_path, n=4)), fmt="backchannel", user=None
         )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            job.refresh_from_db()
-            if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) or worker.poll() is not None:
-                break
-            time.sleep(0.3)
+        wait_until_finished(job, worker, (JobStatus.SUCCEEDED, JobStatus.FAILED), timeout=90)
     finally:
-        worker.terminate()
-        output = worker.communicate(timeout=30)[0]
+        output = stop(worker)
     # then
     assert job.status == JobStatus.SUCCEEDED, output[-3000:]
     assert Episode.objects.filter(dataset__name="uploaded").count() == 4
     assert "policy.tasks.import_dataset_task" in output
-
-
-def _url_of_test_database() -> str:
-    s = connection.settings_dict
-    host = s.get("HOST") or "127.0.0.1"
-    port = s.get("PORT") or 5432
-    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
-    return f"postgres://{auth}@{host}:{port}/{s['NAME']}"
 
 
 @pytest.mark.django_db

@@ -1,17 +1,12 @@
 """Clips and render jobs: requested once by content, rendered once, failures recorded."""
 
 import os
-import subprocess
-import sys
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
-from django.db import connection
 
 from config.celery import app as celery_app
 from rendering import blobs
@@ -28,6 +23,7 @@ from rendering.services import (
 from tests.conftest import media_files, require_real_services
 from tests.rendering.conftest import wobble
 from tests.rendering.media import has_audio, make_video, probe, tone, words
+from tests.workers import start_worker, stop, wait_until_finished, worker_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = RenderSettings(width=96, height=96)
@@ -241,32 +237,13 @@ def test_a_real_worker_renders_from_the_render_queue():
     require_real_services()
     with celery_app.connection_for_write() as conn:
         conn.default_channel.queue_purge("render")
-    env = dict(os.environ, DATABASE_URL=_url_of_test_database(),
-               MEDIA_ROOT=django_settings.MEDIA_ROOT, PYOPENGL_PLATFORM="osmesa")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "render", "-P", "solo",
-         "--without-gossip", "--without-mingle", "-l", "info", "-n",
-         f"r{uuid.uuid4().hex[:8]}@%h"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    env = worker_env(dict(os.environ), PYOPENGL_PLATFORM="osmesa")
+    worker = start_worker("render", env)
     try:
         clip = clip_request(fps=30, sequence=sequence(), settings=SMALL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            clip.refresh_from_db()
-            if clip.status in (ClipStatus.SUCCEEDED, ClipStatus.FAILED) or worker.poll():
-                break
-            time.sleep(0.3)
+        wait_until_finished(clip, worker, (ClipStatus.SUCCEEDED, ClipStatus.FAILED), timeout=120)
     finally:
-        worker.terminate()
-        output = worker.communicate(timeout=30)[0]
+        output = stop(worker)
     assert clip.status == ClipStatus.SUCCEEDED, output[-3000:]
     assert "rendering.tasks.render_clip_task" in output
 
-
-def _url_of_test_database() -> str:
-    s = connection.settings_dict
-    host = s.get("HOST") or "127.0.0.1"
-    port = s.get("PORT") or 5432
-    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
-    return f"postgres://{auth}@{host}:{port}/{s['NAME']}"
