@@ -86,24 +86,33 @@ class JobStatus(models.TextChoices):
     FAILED = "failed"  # finished with an error; nothing was stored
 
 
-class DatasetImport(models.Model):
-    """An uploaded corpus archive, imported by a worker on the ``default`` queue."""
+class Job(models.Model):
+    """What every worker-run job records: its state, progress for the page, and who and when.
+    A worker claims a job by the conditional update QUEUED -> RUNNING."""
 
-    upload = models.FileField(upload_to="imports/%Y/%m/")
-    format = models.CharField(max_length=20, choices=ImportFormat.choices)
-    dataset_name = models.SlugField(max_length=100, blank=True)
     status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
     progress = models.FloatField(default=0.0, help_text="percent")
     error = models.TextField(blank=True)
-    dataset = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL)
-    episodes_created = models.PositiveIntegerField(default=0)
-    episodes_existing = models.PositiveIntegerField(default=0)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class DatasetImport(Job):
+    """An uploaded corpus archive, imported by a worker on the ``default`` queue."""
+
+    upload = models.FileField(upload_to="imports/%Y/%m/")
+    format = models.CharField(max_length=20, choices=ImportFormat.choices)
+    dataset_name = models.SlugField(max_length=100, blank=True)
+    dataset = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL)
+    episodes_created = models.PositiveIntegerField(default=0)
+    episodes_existing = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"import #{self.pk} ({self.format}, {self.status})"
@@ -155,10 +164,8 @@ class RunKind(models.TextChoices):
     DPO = "dpo"  # preference optimisation against a frozen reference
 
 
-class TrainingRun(models.Model):
+class TrainingRun(Job):
     kind = models.CharField(max_length=8, choices=RunKind.choices, default=RunKind.SFT)
-    status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    progress = models.FloatField(default=0.0, help_text="percent")
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="training_runs")
     config = models.JSONField(default=dict)
     parent_version = models.ForeignKey(
@@ -170,13 +177,6 @@ class TrainingRun(models.Model):
     version_name = models.SlugField(max_length=100, blank=True)
     loss_curve = models.JSONField(default=list, blank=True, help_text="[[step, loss], …]")
     log = models.TextField(blank=True)
-    error = models.TextField(blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.kind} run #{self.pk} ({self.status})"

@@ -109,11 +109,15 @@ def candidates_generate(
 def _store(rows: list[Candidate]) -> int:
     if not rows:
         return 0
+    # A concurrent retry may have stored some of them: the unique key keeps one of each, and
+    # only the rows these keys name are counted (not the whole table).
+    mine = Candidate.objects.filter(
+        episode_id__in={r.episode_id for r in rows}, source_key__in={r.source_key for r in rows}
+    )
     with transaction.atomic():
-        # A concurrent retry may have stored some of them: the unique key keeps one of each.
-        before = Candidate.objects.count()
+        before = mine.count()
         Candidate.objects.bulk_create(rows, ignore_conflicts=True)
-        return Candidate.objects.count() - before
+        return mine.count() - before
 
 
 def _ground_truth(episodes: Sequence[Episode]) -> int:
