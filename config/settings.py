@@ -38,6 +38,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from here, not from a CDN
     # Dependency direction: rendering <- policy <- annotation <- feedback.
     "rendering",
     "policy",
@@ -175,6 +177,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "rendering.tasks.requeue_stale_clips_task",
         "schedule": 600.0,
     },
+    "expire-leases": {
+        "task": "annotation.tasks.expire_leases_task",
+        "schedule": 60.0,
+    },
+    "reprioritise-campaigns": {
+        "task": "annotation.tasks.reprioritise_campaigns_task",
+        "schedule": 30.0,
+    },
 }
 
 REST_FRAMEWORK = {
@@ -182,6 +192,18 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
     ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Backchannel API",
+    "DESCRIPTION": "Rating campaigns, leases and judgments. Authenticate with a session "
+                   "(sign in through the site); unsafe methods need the CSRF token.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

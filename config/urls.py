@@ -7,5 +7,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("clips/", include("rendering.urls")),
+    path("", include("annotation.urls")),
     path("", include("policy.urls")),
 ]

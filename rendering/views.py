@@ -26,6 +26,12 @@ def clip_media(request: HttpRequest, token: str) -> HttpResponse:
     clip = clip_get_servable(public_id=public_id)
     if clip is None:
         raise Http404("no such clip")
+    return clip_file_response(request, clip, part)
+
+
+def clip_file_response(request: HttpRequest, clip, part: str) -> HttpResponse:
+    """The clip's video or poster, honouring a byte range; for views that have already decided
+    the requester may see it."""
     ext, content_type, filename = _TYPES[part]
     sha = clip.mp4_sha if part == "video" else clip.poster_sha
     name = blob_name(sha, ext)

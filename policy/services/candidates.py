@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+import numpy as np
 from django.db import transaction
 
 from policy.models import Candidate, CandidateSource, Episode, PolicyVersion
@@ -178,3 +179,24 @@ def _baselines(
                 )
             )
     return _store(rows)
+
+
+def candidate_store_array(*, episode: Episode, baseline: str, array: np.ndarray) -> Candidate:
+    """Store one reference response made outside the samplers (e.g. the clearly wrong answer of
+    a gold rating item) as a baseline candidate; the same name for the same episode finds the
+    same row."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.ndim != 2 or not np.isfinite(array).all():
+        raise ValueError(f"{baseline}: expected a finite (T, D) array, got shape {array.shape}")
+    sha, _ = blobs.put_array(array)
+    candidate, _ = Candidate.objects.get_or_create(
+        episode=episode, source_key=f"baseline:{baseline}",
+        defaults={"source": CandidateSource.BASELINE, "baseline": baseline, "array_sha": sha,
+                  "n_frames": len(array)},
+    )
+    return candidate
+
+
+def candidates_ground_truth(*, episodes: Sequence[Episode]) -> int:
+    """Store each episode's own listener as its ground-truth candidate (idempotent)."""
+    return _ground_truth(episodes)

@@ -1,0 +1,380 @@
+"""REST API: the rater's three calls (next, heartbeat, judgment) and campaign management.
+
+Thin views: input serializers check shapes, services decide, output is plain data. Every
+queryset is scoped to the caller (``annotation.selectors``).
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import ProtectedError
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation.models import CRITERIA, CampaignStatus, Protocol
+from annotation.roles import is_researcher
+from annotation.selectors import (
+    assignments_payload,
+    campaign_get_for,
+    campaign_list_for,
+    campaign_progress,
+)
+from annotation.services.campaigns import (
+    CampaignError,
+    campaign_create,
+    campaign_set_status,
+    invite_create,
+)
+from annotation.services.judgments import CHOICES, consent_give, judgment_submit
+from annotation.services.scheduling import (
+    LeaseError,
+    assignment_heartbeat,
+    assignments_next,
+    enrollment_for,
+)
+from policy.models import Dataset
+
+
+def _error(status_code: int, code: str, message: str) -> Response:
+    return Response({"error": code, "detail": message}, status=status_code)
+
+
+def _lease_error(exc: LeaseError) -> Response:
+    return _error(exc.status, exc.code, exc.message)
+
+
+class IsResearcher(BasePermission):
+    message = "researchers only"
+
+    def has_permission(self, request, view) -> bool:
+        return is_researcher(request.user)
+
+
+# -- rating -----------------------------------------------------------------------------------
+
+_ERRORS = {code: OpenApiResponse(description=text) for code, text in {
+    400: "malformed request (the detail names the field)",
+    403: "another rater's lease",
+    404: "unknown lease or campaign",
+    409: "answered already, or the idempotency key was used for another item",
+    410: "the lease expired",
+}.items()}
+
+
+class NextApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        state = serializers.ChoiceField(
+            choices=["rating", "finished", "blocked", "paused", "consent"])
+        done = serializers.IntegerField(help_text="items this rater has answered")
+        quota = serializers.IntegerField(help_text="items one rater answers at most")
+        warning = serializers.CharField(allow_blank=True)
+        completion_code = serializers.CharField(allow_blank=True)
+        completion_url = serializers.CharField(allow_blank=True)
+        assignments = serializers.ListField(
+            child=serializers.DictField(),
+            help_text="live leases, first on screen: {id, speaker: {video, poster}, "
+                      "clips: [{video, poster}] in the order shown, expires_in}")
+
+    @extend_schema(request=None, responses={200: OutputSerializer, 404: _ERRORS[404]},
+                   summary="The items to rate now (leases them)")
+    def post(self, request, slug: str) -> Response:
+        try:
+            result = assignments_next(rater=request.user, campaign_slug=slug)
+        except LeaseError as exc:
+            return _lease_error(exc)
+        campaign, enrollment = result.enrollment.campaign, result.enrollment
+        finished = result.state == "finished"
+        warning = ""
+        if enrollment.probes_failed >= campaign.warn_after and not enrollment.blocked:
+            warning = ("Some of your recent answers did not match the checks built into this "
+                       "study. Please watch each clip to the end before answering.")
+        return Response({
+            "state": result.state,
+            "done": result.done,
+            "quota": result.quota,
+            "warning": warning,
+            "completion_code": campaign.completion_code if finished else "",
+            "completion_url": campaign.completion_url if finished else "",
+            "assignments": assignments_payload(result.assignments),
+        })
+
+
+class ConsentApi(APIView):
+    @extend_schema(request=None, responses={204: None, 404: _ERRORS[404]},
+                   summary="Record the rater's consent to the campaign's terms")
+    def post(self, request, slug: str) -> Response:
+        try:
+            enrollment = enrollment_for(rater=request.user, campaign_slug=slug)
+        except LeaseError as exc:
+            return _lease_error(exc)
+        consent_give(enrollment=enrollment)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class HeartbeatApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: inline_serializer("Heartbeat", {"expires_at": serializers.DateTimeField()}),
+                   **{k: v for k, v in _ERRORS.items() if k != 400}},
+        summary="Keep the rater's leases alive while clips play")
+    def post(self, request, token: str) -> Response:
+        try:
+            expires = assignment_heartbeat(rater=request.user, token=token)
+        except LeaseError as exc:
+            return _lease_error(exc)
+        return Response({"expires_at": expires})
+
+
+class JudgmentApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        idempotency_key = serializers.UUIDField(
+            help_text="made by the browser when the rater answered; resend it on retry")
+        choice = serializers.ChoiceField(choices=CHOICES, required=False,
+                                         help_text="pairwise: the side pressed")
+        strength = serializers.IntegerField(min_value=1, max_value=3, required=False,
+                                            allow_null=True)
+        reasons = serializers.ListField(child=serializers.CharField(max_length=60),
+                                        required=False, max_length=20)
+        scores = serializers.ListField(
+            child=serializers.DictField(child=serializers.IntegerField(min_value=1,
+                                                                       max_value=5)),
+            required=False, max_length=8,
+            help_text=f"group: one {{{', '.join(CRITERIA)}}} per clip, in the order shown")
+        decision_ms = serializers.IntegerField(min_value=0)
+        viewing_ms = serializers.IntegerField(min_value=0, required=False, default=0)
+        playback = serializers.DictField(required=False)
+
+    class OutputSerializer(serializers.Serializer):
+        stored = serializers.BooleanField(help_text="false: a retry; the earlier answer stands")
+        judgment = serializers.IntegerField()
+
+    @extend_schema(request=InputSerializer,
+                   responses={201: OutputSerializer, 200: OutputSerializer, **_ERRORS},
+                   summary="Answer a leased item (exactly once)")
+    def post(self, request, token: str) -> Response:
+        data = self.InputSerializer(data=request.data)
+        if not data.is_valid():
+            field, problems = next(iter(data.errors.items()))
+            problem = problems[0] if isinstance(problems, list) else problems
+            return _error(400, "invalid", f"{field}: {problem}")
+        try:
+            submitted = judgment_submit(rater=request.user, token=token, **data.validated_data)
+        except LeaseError as exc:
+            return _lease_error(exc)
+        return Response({"stored": submitted.created, "judgment": submitted.judgment.pk},
+                        status=201 if submitted.created else 200)
+
+
+# -- campaigns (researchers) ------------------------------------------------------------------
+
+class CampaignOutput(serializers.Serializer):
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+    dataset = serializers.CharField(source="dataset.name")
+    status = serializers.CharField()
+    protocol = serializers.CharField()
+    group_size = serializers.IntegerField()
+    sources = serializers.JSONField()
+    overlap = serializers.IntegerField()
+    target_items = serializers.IntegerField()
+    per_rater_limit = serializers.IntegerField()
+    lease_seconds = serializers.IntegerField()
+    active_order = serializers.BooleanField()
+    gold_rate = serializers.FloatField()
+    catch_rate = serializers.FloatField()
+    repeat_rate = serializers.FloatField()
+    ask_strength = serializers.BooleanField()
+    reason_tags = serializers.JSONField()
+    criteria_weights = serializers.JSONField()
+    instructions = serializers.CharField()
+    consent_text = serializers.CharField()
+    crowd_param = serializers.CharField()
+    completion_code = serializers.CharField()
+    completion_url = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+_EDITABLE = ("name", "instructions", "consent_text", "per_rater_limit", "lease_seconds",
+             "active_order", "gold_rate", "catch_rate", "repeat_rate", "completion_code",
+             "completion_url", "crowd_param", "reason_tags", "ask_strength", "warn_after",
+             "block_after")
+
+
+class CampaignInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    slug = serializers.SlugField(max_length=100)
+    dataset = serializers.SlugField(help_text="dataset name")
+    sources = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=8)
+    split = serializers.CharField(default="test")
+    protocol = serializers.ChoiceField(choices=Protocol.choices, default=Protocol.PAIRWISE)
+    group_size = serializers.IntegerField(min_value=2, max_value=8, default=5)
+    overlap = serializers.IntegerField(min_value=1, max_value=50, default=3)
+    target_items = serializers.IntegerField(min_value=1, max_value=100_000, default=100)
+    per_rater_limit = serializers.IntegerField(min_value=1, default=50)
+    lease_seconds = serializers.IntegerField(min_value=15, max_value=3600, default=90)
+    active_order = serializers.BooleanField(default=True)
+    gold_rate = serializers.FloatField(min_value=0, max_value=0.5, default=0.1)
+    catch_rate = serializers.FloatField(min_value=0, max_value=0.5, default=0.05)
+    repeat_rate = serializers.FloatField(min_value=0, max_value=0.5, default=0.05)
+    ask_strength = serializers.BooleanField(default=True)
+    reason_tags = serializers.ListField(child=serializers.CharField(max_length=60),
+                                        required=False, max_length=20)
+    criteria_weights = serializers.DictField(child=serializers.FloatField(min_value=0),
+                                             required=False)
+    instructions = serializers.CharField(required=False, allow_blank=True, max_length=20_000)
+    consent_text = serializers.CharField(required=False, allow_blank=True, max_length=20_000)
+    crowd_param = serializers.RegexField(r"^[A-Za-z0-9_]{0,40}$", required=False,
+                                         allow_blank=True)
+    completion_code = serializers.CharField(required=False, max_length=40)
+    completion_url = serializers.URLField(required=False, allow_blank=True)
+
+
+class CampaignPatch(CampaignInput):
+    def get_fields(self):
+        fields = super().get_fields()
+        return {k: v for k, v in fields.items() if k in _EDITABLE}
+
+
+def _invalid(serializer) -> Response:
+    field, problems = next(iter(serializer.errors.items()))
+    problem = problems[0] if isinstance(problems, list) else problems
+    return _error(400, "invalid", f"{field}: {problem}")
+
+
+class CampaignListApi(APIView):
+    permission_classes = [IsResearcher]
+
+    @extend_schema(responses=CampaignOutput(many=True), summary="Campaigns you may see")
+    def get(self, request) -> Response:
+        return Response(CampaignOutput(campaign_list_for(request.user), many=True).data)
+
+    @extend_schema(request=CampaignInput, responses={201: CampaignOutput, 400: _ERRORS[400]},
+                   summary="Make a campaign (draft) with its items; clips are queued")
+    def post(self, request) -> Response:
+        data = CampaignInput(data=request.data)
+        if not data.is_valid():
+            return _invalid(data)
+        fields = dict(data.validated_data)
+        dataset = Dataset.objects.filter(name=fields.pop("dataset")).first()
+        if dataset is None:
+            return _error(400, "invalid", "dataset: no such dataset")
+        try:
+            build = campaign_create(dataset=dataset, created_by=request.user, **fields)
+        except CampaignError as exc:
+            return _error(400, "invalid", str(exc))
+        body = CampaignOutput(build.campaign).data
+        body["built"] = {"items": build.items, "gold": build.gold, "catch": build.catch,
+                         "clips": build.clips, "skipped": build.skipped[:50]}
+        return Response(body, status=201)
+
+
+class CampaignDetailApi(APIView):
+    permission_classes = [IsResearcher]
+
+    def _get(self, request, slug: str):
+        campaign = campaign_get_for(request.user, slug)
+        if campaign is None:
+            raise NotFound("no such campaign")
+        return campaign
+
+    @extend_schema(responses=CampaignOutput, summary="One campaign")
+    def get(self, request, slug: str) -> Response:
+        return Response(CampaignOutput(self._get(request, slug)).data)
+
+    @extend_schema(request=CampaignPatch, responses={200: CampaignOutput, 400: _ERRORS[400]},
+                   summary="Change a campaign's settings")
+    def patch(self, request, slug: str) -> Response:
+        campaign = self._get(request, slug)
+        data = CampaignPatch(data=request.data, partial=True)
+        if not data.is_valid():
+            return _invalid(data)
+        unknown = set(request.data) - set(_EDITABLE)
+        if unknown:
+            return _error(400, "invalid", f"{sorted(unknown)[0]}: cannot be changed after "
+                                          "the campaign is made")
+        for k, v in data.validated_data.items():
+            setattr(campaign, k, v)
+        campaign.save(update_fields=list(data.validated_data) or None)
+        return Response(CampaignOutput(campaign).data)
+
+    @extend_schema(responses={204: None, 409: OpenApiResponse(description="has judgments")},
+                   summary="Delete a campaign that has no judgments")
+    def delete(self, request, slug: str) -> Response:
+        campaign = self._get(request, slug)
+        try:
+            with transaction.atomic():
+                campaign.delete()
+        except ProtectedError:
+            return _error(409, "has_judgments", "a campaign with judgments is closed, not "
+                                                "deleted")
+        return Response(status=204)
+
+
+class CampaignProgressApi(APIView):
+    permission_classes = [IsResearcher]
+
+    @extend_schema(responses=inline_serializer("Progress", {
+        "status": serializers.CharField(), "percent": serializers.FloatField(),
+        "items": serializers.IntegerField(), "judgments": serializers.IntegerField(),
+        "judgments_needed": serializers.IntegerField(), "live_leases": serializers.IntegerField(),
+        "probes": serializers.DictField(), "raters": serializers.DictField(),
+        "clips": serializers.DictField(), "ratings": serializers.DictField()}),
+        summary="Progress, live leases, probe results and current ratings")
+    def get(self, request, slug: str) -> Response:
+        campaign = campaign_get_for(request.user, slug)
+        if campaign is None:
+            raise NotFound("no such campaign")
+        return Response(campaign_progress(campaign))
+
+
+class CampaignStatusApi(APIView):
+    permission_classes = [IsResearcher]
+
+    @extend_schema(request=inline_serializer("StatusChange", {
+        "status": serializers.ChoiceField(choices=CampaignStatus.choices)}),
+        responses={200: CampaignOutput, 400: _ERRORS[400]},
+        summary="Start, pause, resume or close")
+    def post(self, request, slug: str) -> Response:
+        campaign = campaign_get_for(request.user, slug)
+        if campaign is None:
+            raise NotFound("no such campaign")
+        try:
+            campaign = campaign_set_status(campaign=campaign,
+                                           status=str(request.data.get("status", "")))
+        except CampaignError as exc:
+            return _error(400, "invalid", str(exc))
+        return Response(CampaignOutput(campaign).data)
+
+
+class InviteApi(APIView):
+    permission_classes = [IsResearcher]
+
+    class InputSerializer(serializers.Serializer):
+        label = serializers.CharField(max_length=100, required=False, allow_blank=True)
+        max_uses = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+        expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    @extend_schema(request=InputSerializer, responses={201: inline_serializer("Invite", {
+        "url": serializers.CharField(), "label": serializers.CharField()})},
+        summary="Make an invite link for raters")
+    def post(self, request, slug: str) -> Response:
+        campaign = campaign_get_for(request.user, slug)
+        if campaign is None:
+            raise NotFound("no such campaign")
+        data = self.InputSerializer(data=request.data)
+        if not data.is_valid():
+            return _invalid(data)
+        try:
+            invite = invite_create(campaign=campaign, created_by=request.user,
+                                   **data.validated_data)
+        except CampaignError as exc:
+            return _error(400, "invalid", str(exc))
+        from django.urls import reverse
+
+        url = request.build_absolute_uri(reverse("annotation:invite", args=[invite.token]))
+        return Response({"url": url, "label": invite.label}, status=201)
+

@@ -1,0 +1,139 @@
+"""Reads, each scoped to what the asking user may see."""
+
+from __future__ import annotations
+
+from django.core import signing
+from django.db.models import Count, Q, QuerySet
+from django.urls import reverse
+from django.utils import timezone
+
+from annotation.models import (
+    Assignment,
+    AssignmentStatus,
+    Campaign,
+    Enrollment,
+    Item,
+    ItemMember,
+    Judgment,
+    Probe,
+)
+from annotation.roles import is_admin, is_researcher
+
+MEDIA_SALT = "annotation.exposure-media"
+_PARTS = {"video": "v", "poster": "p"}
+
+
+def campaign_list_for(user) -> QuerySet[Campaign]:
+    """Admins see every campaign, researchers the ones they made or were added to, nobody
+    else any."""
+    qs = Campaign.objects.select_related("dataset", "created_by").order_by("-created_at")
+    if is_admin(user):
+        return qs
+    if is_researcher(user):
+        return qs.filter(Q(created_by=user) | Q(researchers=user)).distinct()
+    return qs.none()
+
+
+def campaign_get_for(user, slug: str) -> Campaign | None:
+    return campaign_list_for(user).filter(slug=slug).first()
+
+
+def campaign_progress(campaign: Campaign) -> dict:
+    from annotation.services.campaigns import campaign_clip_progress
+
+    regular = Item.objects.filter(campaign=campaign, probe=Probe.NONE)
+    items = regular.count()
+    needed = items * campaign.overlap
+    done = Judgment.objects.filter(campaign=campaign, probe=Probe.NONE).count()
+    complete = regular.filter(n_judgments__gte=campaign.overlap).count()
+    live = Assignment.objects.filter(campaign=campaign, status=AssignmentStatus.ACTIVE,
+                                     expires_at__gt=timezone.now()).count()
+    probes = {}
+    for probe in (Probe.GOLD, Probe.CATCH, Probe.REPEAT):
+        rows = list(Judgment.objects.filter(campaign=campaign, probe=probe)
+                    .values_list("qc", flat=True))
+        passed = sum(1 for qc in rows if qc.get("passed"))
+        probes[probe.value] = {"answered": len(rows), "passed": passed,
+                               "rate": round(passed / len(rows), 3) if rows else None}
+    raters = Enrollment.objects.filter(campaign=campaign).aggregate(
+        enrolled=Count("id"), finished=Count("id", filter=Q(finished_at__isnull=False)),
+        blocked=Count("id", filter=Q(blocked=True)),
+    )
+    clips_done, clips_failed, clips_total = campaign_clip_progress(campaign)
+    return {
+        "status": campaign.status,
+        "items": items,
+        "items_complete": complete,
+        "judgments": done,
+        "judgments_needed": needed,
+        "percent": round(100.0 * min(done, needed) / needed, 1) if needed else 0.0,
+        "live_leases": live,
+        "probes": probes,
+        "raters": raters,
+        "clips": {"rendered": clips_done, "failed": clips_failed, "total": clips_total},
+        "ratings": campaign.ratings,
+    }
+
+
+def rater_rows(campaign: Campaign) -> list[Enrollment]:
+    return list(Enrollment.objects.filter(campaign=campaign).select_related("rater")
+                .order_by("-n_judgments"))
+
+
+# -- what a rater's browser gets -------------------------------------------------------------
+
+
+def media_token(assignment: Assignment, position: int, part: str) -> str:
+    """A signed handle for one file of one exposure: it names the lease and the position on
+    screen, never the clip, so two exposures of the same clip have unrelated URLs."""
+    return signing.dumps({"a": assignment.token.hex, "s": position, "p": _PARTS[part]},
+                         salt=MEDIA_SALT, compress=False)
+
+
+def media_token_read(token: str, *, max_age: int) -> tuple[str, int, str]:
+    data = signing.loads(token, salt=MEDIA_SALT, max_age=max_age)
+    if not isinstance(data, dict) or data.get("p") not in _PARTS.values():
+        raise signing.BadSignature("malformed")
+    part = next(k for k, v in _PARTS.items() if v == data["p"])
+    return str(data["a"]), int(data["s"]), part
+
+
+def _media(assignment: Assignment, position: int) -> dict:
+    def url(part: str) -> str:
+        return reverse("annotation:media", kwargs={"token": media_token(assignment, position,
+                                                                        part)})
+    return {"video": url("video"), "poster": url("poster")}
+
+
+def assignments_payload(assignments: list[Assignment]) -> list[dict]:
+    """What the rater page needs for each lease, with the candidates in the order shown. No
+    source, candidate, clip or episode id leaves the server."""
+    if not assignments:
+        return []
+    counts = {a.item_id for a in assignments}
+    sizes = dict(Item.objects.filter(pk__in=counts).values_list("pk", "size"))
+    now = timezone.now()
+    out = []
+    for a in assignments:
+        size = sizes[a.item_id]
+        out.append({
+            "id": str(a.token),
+            "speaker": _media(a, -1),
+            "clips": [_media(a, position) for position in range(size)],
+            "expires_in": max(0, int((a.expires_at - now).total_seconds())),
+        })
+    return out
+
+
+def exposure_clip(*, rater, assignment_token: str, position: int):
+    """The clip behind one position of one of the rater's own exposures, or None."""
+    a = (Assignment.objects.filter(token=assignment_token, rater=rater)
+         .select_related("item__speaker_clip").first())
+    if a is None or position >= len(a.order) or position < -1:
+        return None
+    if position == -1:
+        return a.item.speaker_clip
+    slot = a.order[position]
+    member = (ItemMember.objects.filter(item_id=a.item_id, slot=slot)
+              .select_related("clip").first())
+    return member.clip if member else None

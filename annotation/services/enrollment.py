@@ -1,0 +1,87 @@
+"""Raters joining a campaign: invite links and crowd-platform entry."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from annotation.models import Campaign, CampaignStatus, Enrollment, Invite
+from annotation.roles import RATER, role_add
+
+logger = logging.getLogger(__name__)
+
+MAX_EXTERNAL_ID = 200
+
+
+class InviteError(Exception):
+    """The invite cannot be used; the message says why, for the person holding the link."""
+
+
+def _crowd_username(campaign: Campaign, participant: str) -> str:
+    digest = hashlib.sha256(f"{campaign.pk}:{participant}".encode()).hexdigest()[:24]
+    return f"p-{digest}"
+
+
+@transaction.atomic
+def invite_accept(*, token: str, user=None, participant: str = "", study: str = "",
+                  session: str = "") -> Enrollment:
+    """Enrol the holder of an invite link.
+
+    A signed-in user is enrolled as themselves. Otherwise a rater account is made: for a crowd
+    participant (``participant`` from the campaign's URL parameter) the same participant id
+    always finds the same account, so reopening the link resumes; a plain invite makes a fresh
+    pseudonymous account. Opening the same link twice uses the invite once.
+    """
+    invite = (Invite.objects.select_for_update().select_related("campaign")
+              .filter(token=token).first())
+    if invite is None or not invite.active:
+        raise InviteError("This invite link is not valid.")
+    campaign = invite.campaign
+    if invite.expires_at is not None and invite.expires_at <= timezone.now():
+        raise InviteError("This invite link has expired.")
+    if campaign.status == CampaignStatus.CLOSED:
+        raise InviteError("This study has finished. Thank you for your interest.")
+    participant = participant.strip()
+    if len(participant) > MAX_EXTERNAL_ID or len(study) > MAX_EXTERNAL_ID or len(
+            session) > MAX_EXTERNAL_ID:
+        raise InviteError("The participant id in this link is too long.")
+    if campaign.crowd_param and not participant and (user is None or not user.is_authenticated):
+        raise InviteError(f"This link must be opened from the study platform (it needs the "
+                          f"{campaign.crowd_param} parameter).")
+
+    User = get_user_model()
+    if user is not None and user.is_authenticated:
+        rater = user
+    elif participant:
+        rater, made = User.objects.get_or_create(username=_crowd_username(campaign, participant))
+        if made:
+            rater.set_unusable_password()
+            rater.save(update_fields=["password"])
+    else:
+        rater = User(username=f"r-{secrets.token_hex(10)}")
+        rater.set_unusable_password()
+        rater.save()
+
+    enrollment = Enrollment.objects.filter(campaign=campaign, rater=rater).first()
+    if enrollment is not None:
+        return enrollment
+    if invite.max_uses is not None and invite.uses >= invite.max_uses:
+        raise InviteError("This invite link has been used up.")
+    try:
+        with transaction.atomic():
+            enrollment = Enrollment.objects.create(
+                campaign=campaign, rater=rater, invite=invite, external_id=participant,
+                external_study=study, external_session=session,
+            )
+    except IntegrityError:  # the same person's second tab, a moment earlier
+        return Enrollment.objects.get(campaign=campaign, rater=rater)
+    Invite.objects.filter(pk=invite.pk).update(uses=F("uses") + 1)
+    role_add(rater, RATER)
+    logger.info("rater %s enrolled in %s through invite %s", rater.pk, campaign.slug, invite.pk)
+    return enrollment

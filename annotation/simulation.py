@@ -1,0 +1,148 @@
+"""Simulated raters: oracle-based answers through the real rating path.
+
+A simulated rater "watches" an item by looking up, on the server side, what a person would see
+(the candidates in the order shown) and scoring each with the synthetic corpus's oracle. It then
+answers through the same calls a browser makes: in process through the services the API views
+call, or over HTTP against a running server (``HttpTransport``), with sessions, CSRF, leases,
+heartbeats and idempotency keys like the rater page.
+
+Kinds: ``careful`` (follows the oracle, says tie when it cannot tell, both bad when both are
+poor), ``noisy`` (Bradley–Terry choice with a temperature), ``left-biased`` (presses left 70 % of
+the time), ``random``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from annotation.models import CRITERIA, Assignment, Protocol
+
+KINDS = ("careful", "noisy", "left-biased", "random")
+TIE_BELOW = 0.02  # careful: oracle totals closer than this are "about the same"
+BOTH_BAD_BELOW = 0.35  # careful: both totals under this are "both bad"
+NOISE_TEMPERATURE = 0.08  # noisy: P(left) = sigmoid((s_left - s_right) / T)
+LEFT_BIAS = 0.7
+
+
+@lru_cache(maxsize=4096)
+def _oracle_total(array_sha: str, episode_id: int) -> float:
+    from policy.models import Episode
+    from policy.oracle import EpisodeContext, oracle_score
+    from rendering import blobs
+
+    ep = Episode.objects.get(pk=episode_id)
+    if not ep.meta.get("sentences"):
+        raise ValueError(f"episode {ep.key} has no oracle context: simulated raters need the "
+                         "synthetic corpus")
+    ctx = EpisodeContext.from_meta(ep.meta, fps=ep.fps, n_frames=ep.n_frames)
+    return oracle_score(blobs.load_array(array_sha), ctx).total
+
+
+def shown_scores(token: str) -> tuple[str, list[float]]:
+    """(protocol, oracle total of each clip in the order shown) for one exposure."""
+    a = (Assignment.objects.select_related("campaign", "item")
+         .prefetch_related("item__members__candidate").get(token=token))
+    members = {m.slot: m.candidate for m in a.item.members.all()}
+    scores = [_oracle_total(members[slot].array_sha, a.item.episode_id) for slot in a.order]
+    return a.campaign.protocol, scores
+
+
+@dataclass
+class Rater:
+    kind: str
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+
+    def answer(self, token: str, *, ask_strength: bool = True) -> dict:
+        """The JSON body a browser would send for this exposure."""
+        protocol, scores = shown_scores(token)
+        body: dict = {"idempotency_key": str(uuid.UUID(int=self.rng.getrandbits(128),
+                                                        version=4)),
+                      "decision_ms": self.rng.randint(800, 6000),
+                      "viewing_ms": self.rng.randint(8000, 20000),
+                      "playback": {"events": [], "plays": 1, "simulated": self.kind}}
+        if protocol == Protocol.GROUP:
+            body["scores"] = self._scores(scores)
+            return body
+        choice, strength = self._choice(scores[0], scores[1])
+        body["choice"] = choice
+        if ask_strength and strength and choice in ("left", "right"):
+            body["strength"] = strength
+        return body
+
+    def _choice(self, left: float, right: float) -> tuple[str, int | None]:
+        r = self.rng.random()
+        if self.kind == "random":
+            return ("left", "right", "tie", "both_bad")[min(3, int(r * 4))], None
+        if self.kind == "left-biased" and r < LEFT_BIAS:
+            return "left", 2
+        diff = left - right
+        if self.kind == "noisy":
+            p_left = 1.0 / (1.0 + math.exp(-diff / NOISE_TEMPERATURE))
+            return ("left" if self.rng.random() < p_left else "right"), 2
+        if abs(diff) < TIE_BELOW:
+            return "tie", None
+        if max(left, right) < BOTH_BAD_BELOW:
+            return "both_bad", None
+        strength = 1 if abs(diff) < 0.05 else 2 if abs(diff) < 0.15 else 3
+        return ("left" if diff > 0 else "right"), strength
+
+    def _scores(self, totals: list[float]) -> list[dict[str, int]]:
+        out = []
+        for position, total in enumerate(totals):
+            base = 1 + 4 * total
+            if self.kind == "random":
+                out.append({c: self.rng.randint(1, 5) for c in CRITERIA})
+                continue
+            if self.kind == "left-biased" and position == 0:
+                base += 1.5
+            sd = 0.8 if self.kind == "noisy" else 0.2
+            out.append({c: int(np.clip(round(base + self.rng.gauss(0, sd)), 1, 5))
+                        for c in CRITERIA})
+        return out
+
+
+class HttpTransport:
+    """A rater's browser session against a running server: invite, CSRF, the three calls."""
+
+    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+        import httpx
+
+        self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
+                                   follow_redirects=False)
+
+    def join(self, invite_path: str, participant: str = "", crowd_param: str = "") -> None:
+        params = {crowd_param: participant} if crowd_param and participant else {}
+        page = self.client.get(invite_path, params=params)
+        page.raise_for_status()
+        data = {"csrfmiddlewaretoken": self.client.cookies.get("csrftoken"), "consent": "1",
+                **params}
+        res = self.client.post(invite_path, data=data, headers={"Referer": str(page.url)})
+        if res.status_code != 302:
+            raise RuntimeError(f"joining through {invite_path} answered {res.status_code}")
+
+    def _post(self, path: str, body: dict | None = None):
+        headers = {"X-CSRFToken": self.client.cookies.get("csrftoken") or "",
+                   "Referer": str(self.client.base_url) + "/"}
+        return self.client.post(path, json=body, headers=headers)
+
+    def next(self, slug: str):
+        return self._post(f"/api/rate/{slug}/next/")
+
+    def heartbeat(self, token: str):
+        return self._post(f"/api/assignments/{token}/heartbeat/")
+
+    def submit(self, token: str, body: dict):
+        return self._post(f"/api/assignments/{token}/judgment/", body)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,206 @@
+"""Pages: the invite landing page, the rater page, exposure media, researchers' campaign pages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.core import signing
+from django.db.models.functions import TruncMinute
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from annotation.forms import CampaignForm
+from annotation.models import CRITERIA, Invite, Judgment, Protocol
+from annotation.roles import is_researcher
+from annotation.selectors import (
+    campaign_get_for,
+    campaign_list_for,
+    campaign_progress,
+    exposure_clip,
+    media_token_read,
+    rater_rows,
+)
+from annotation.services.campaigns import (
+    CampaignError,
+    campaign_create,
+    campaign_set_status,
+    invite_create,
+)
+from annotation.services.enrollment import InviteError, invite_accept
+from annotation.services.judgments import consent_give
+from annotation.services.scheduling import LeaseError, enrollment_for
+from policy.plots import line_plot_svg
+from rendering.views import clip_file_response
+
+CROWD_EXTRA = ("STUDY_ID", "SESSION_ID")
+
+
+@require_http_methods(["GET", "POST"])
+def invite(request: HttpRequest, token: str) -> HttpResponse:
+    """GET shows the study, its instructions and consent; POST (the Start button) enrols."""
+    inv = Invite.objects.select_related("campaign").filter(token=token, active=True).first()
+    if inv is None:
+        return render(request, "annotation/message.html",
+                      {"title": "Invite not valid", "text": "This invite link is not valid."},
+                      status=404)
+    campaign = inv.campaign
+    source = request.POST if request.method == "POST" else request.GET
+    participant = source.get(campaign.crowd_param, "") if campaign.crowd_param else ""
+    if request.method == "GET":
+        return render(request, "annotation/invite.html", {
+            "campaign": campaign, "participant": participant,
+            "crowd": {k: request.GET.get(k, "") for k in CROWD_EXTRA},
+        })
+    try:
+        enrollment = invite_accept(
+            token=token, user=request.user, participant=participant,
+            study=source.get("STUDY_ID", ""), session=source.get("SESSION_ID", ""))
+    except InviteError as exc:
+        return render(request, "annotation/message.html",
+                      {"title": "Cannot start", "text": str(exc)}, status=400)
+    if campaign.consent_text and not source.get("consent"):
+        return render(request, "annotation/invite.html", {
+            "campaign": campaign, "participant": participant,
+            "crowd": {k: source.get(k, "") for k in CROWD_EXTRA},
+            "error": "Please tick the box to agree before starting.",
+        }, status=400)
+    if not request.user.is_authenticated or request.user.pk != enrollment.rater_id:
+        login(request, enrollment.rater, backend="django.contrib.auth.backends.ModelBackend")
+    if campaign.consent_text:
+        consent_give(enrollment=enrollment)
+    return redirect("annotation:rate", slug=campaign.slug)
+
+
+@login_required
+def rate(request: HttpRequest, slug: str) -> HttpResponse:
+    try:
+        enrollment = enrollment_for(rater=request.user, campaign_slug=slug)
+    except LeaseError:
+        raise Http404("not enrolled") from None
+    campaign = enrollment.campaign
+    config = {
+        "slug": campaign.slug,
+        "protocol": campaign.protocol,
+        "criteria": list(CRITERIA),
+        "askStrength": campaign.ask_strength,
+        "reasons": campaign.reason_tags or [],
+        "heartbeatMs": max(5, campaign.lease_seconds // 4) * 1000,
+        "api": {
+            "next": reverse("annotation:api-next", args=[campaign.slug]),
+            "consent": reverse("annotation:api-consent", args=[campaign.slug]),
+            "heartbeat": reverse("annotation:api-heartbeat", args=["TOKEN"]),
+            "judgment": reverse("annotation:api-judgment", args=["TOKEN"]),
+        },
+    }
+    return render(request, "annotation/rate.html", {
+        "campaign": campaign, "config": config,
+        "pairwise": campaign.protocol == Protocol.PAIRWISE,
+    })
+
+
+@require_http_methods(["GET", "HEAD"])
+def media(request: HttpRequest, token: str) -> HttpResponse:
+    """One file of one exposure, for the rater who holds it (and nobody else)."""
+    if not request.user.is_authenticated:
+        raise Http404("no such clip")
+    try:
+        assignment_token, position, part = media_token_read(
+            token, max_age=settings.CLIP_URL_MAX_AGE_S)
+    except (signing.BadSignature, ValueError, TypeError):
+        raise Http404("no such clip") from None
+    clip = exposure_clip(rater=request.user, assignment_token=assignment_token,
+                         position=position)
+    if clip is None or clip.status != "succeeded":
+        raise Http404("no such clip")
+    return clip_file_response(request, clip, part)
+
+
+# -- researchers ------------------------------------------------------------------------------
+
+def _researcher(request: HttpRequest) -> HttpResponse | None:
+    if not request.user.is_authenticated:
+        return redirect(f"{reverse('admin:login')}?next={request.path}")
+    if not is_researcher(request.user):
+        return HttpResponseForbidden("researchers only")
+    return None
+
+
+def campaign_list(request: HttpRequest) -> HttpResponse:
+    if (denied := _researcher(request)) is not None:
+        return denied
+    rows = [(c, campaign_progress(c)) for c in campaign_list_for(request.user)]
+    return render(request, "annotation/campaign_list.html", {"rows": rows})
+
+
+@require_http_methods(["GET", "POST"])
+def campaign_new(request: HttpRequest) -> HttpResponse:
+    if (denied := _researcher(request)) is not None:
+        return denied
+    form = CampaignForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            build = campaign_create(created_by=request.user, **form.campaign_kwargs())
+        except CampaignError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"{build.items} items, {build.gold} gold and "
+                                      f"{build.catch} catch items; {build.clips} clips queued "
+                                      "for rendering.")
+            for line in build.skipped[:5]:
+                messages.warning(request, f"skipped {line}")
+            return redirect("annotation:campaign", slug=build.campaign.slug)
+    return render(request, "annotation/campaign_new.html", {"form": form})
+
+
+@require_http_methods(["GET", "POST"])
+def campaign_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    if (denied := _researcher(request)) is not None:
+        return denied
+    campaign = campaign_get_for(request.user, slug)
+    if campaign is None:
+        raise Http404("no such campaign")
+    if request.method == "POST":
+        try:
+            if request.POST.get("action") == "invite":
+                max_uses = request.POST.get("max_uses") or None
+                invite_create(campaign=campaign, created_by=request.user,
+                              label=request.POST.get("label", "")[:100],
+                              max_uses=int(max_uses) if max_uses else None)
+                messages.success(request, "Invite link made.")
+            elif request.POST.get("action") == "status":
+                campaign_set_status(campaign=campaign, status=request.POST.get("status", ""))
+                messages.success(request, f"Campaign {request.POST.get('status')}.")
+        except (CampaignError, ValueError) as exc:
+            messages.error(request, str(exc))
+        return redirect("annotation:campaign", slug=slug)
+    progress = campaign_progress(campaign)
+    invites = [(i, request.build_absolute_uri(reverse("annotation:invite", args=[i.token])))
+               for i in campaign.invites.order_by("-created_at")]
+    return render(request, "annotation/campaign_detail.html", {
+        "campaign": campaign, "progress": progress, "raters": rater_rows(campaign),
+        "invites": invites, "plot": _judgments_plot(campaign),
+        "ratings": sorted(progress["ratings"].items(), key=lambda kv: -kv[1]),
+        "sources_json": json.dumps(campaign.sources),
+    })
+
+
+def _judgments_plot(campaign) -> str:
+    per_minute = (Judgment.objects.filter(campaign=campaign)
+                  .annotate(m=TruncMinute("created_at")).values_list("m", flat=True)
+                  .order_by("m"))
+    times = list(per_minute)
+    if len(times) < 2:
+        return ""
+    t0 = times[0]
+    minutes = np.array([(t - t0).total_seconds() / 60 for t in times])
+    span = int(minutes[-1]) + 1
+    counts = np.bincount(minutes.astype(int), minlength=span).cumsum().astype(float)
+    return line_plot_svg({"judgments": counts}, fps=1.0, title="judgments over time (minutes)",
+                         x_end_label=f"{span} min")

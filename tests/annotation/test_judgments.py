@@ -1,0 +1,107 @@
+import json
+import uuid
+
+import pytest
+
+from annotation.models import Assignment, Judgment
+from annotation.services.judgments import group_pairs, judgment_submit
+from annotation.services.scheduling import LeaseError, assignments_next
+from tests.annotation.conftest import enrol, make_campaign
+
+
+@pytest.fixture
+def lease(corpus):
+    campaign = make_campaign(corpus, reason_tags=["timing", "too still"])
+    user, other = enrol(campaign, 2)
+    lease = assignments_next(rater=user, campaign_slug=campaign.slug).assignments[0]
+    return campaign, user, other, lease
+
+
+def submit(user, lease, key=None, **kw):
+    body = {"idempotency_key": key or uuid.uuid4(), "choice": "left", "decision_ms": 900, **kw}
+    return judgment_submit(rater=user, token=str(lease.token), **body)
+
+
+def test_a_retried_submission_is_stored_once(lease):
+    _, user, _, a = lease
+    key = uuid.uuid4()
+    first = submit(user, a, key, strength=2, reasons=["timing"],
+                   playback={"events": [{"t": 10, "e": "play"}], "stalls": 0})
+    again = submit(user, a, key, strength=2, reasons=["timing"])
+    assert first.created and not again.created
+    assert first.judgment.pk == again.judgment.pk
+    assert Judgment.objects.count() == 1
+    j = Judgment.objects.get()
+    assert (j.strength, j.reasons, j.playback["events"][0]["e"]) == (2, ["timing"], "play")
+    assert Assignment.objects.get(pk=a.pk).status == "submitted"
+
+
+@pytest.mark.parametrize("case, status", [
+    ("other_key_same_lease", 409),
+    ("key_reused_elsewhere", 409),
+    ("someone_elses_lease", 403),
+    ("unknown_lease", 404),
+])
+def test_forged_and_replayed_submissions_are_refused(lease, case, status):
+    campaign, user, other, a = lease
+    key = uuid.uuid4()
+    submit(user, a, key)
+    before = Judgment.objects.count()
+    with pytest.raises(LeaseError) as exc:
+        if case == "other_key_same_lease":
+            submit(user, a)
+        elif case == "key_reused_elsewhere":
+            b = assignments_next(rater=user, campaign_slug=campaign.slug).assignments[0]
+            submit(user, b, key)
+        elif case == "someone_elses_lease":
+            b = assignments_next(rater=user, campaign_slug=campaign.slug).assignments[0]
+            submit(other, b)
+        else:
+            judgment_submit(rater=user, token=str(uuid.uuid4()), idempotency_key=uuid.uuid4(),
+                            choice="left", decision_ms=1)
+    assert exc.value.status == status
+    assert Judgment.objects.count() == before
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"choice": "up"}, "choice"),
+    ({"choice": "tie", "strength": 2}, "strength"),
+    ({"strength": 7}, "strength"),
+    ({"strength": True}, "strength"),
+    ({"reasons": ["not a tag"]}, "reasons"),
+    ({"scores": [{"empathy": 3}]}, "pairwise"),
+    ({"decision_ms": -5}, "decision_ms"),
+    ({"decision_ms": "fast"}, "decision_ms"),
+    ({"idempotency_key": "not-a-uuid"}, "idempotency_key"),
+    ({"playback": {"events": [{"t": float("nan")}]}}, "finite"),
+    ({"playback": {"blob": "x" * 70_000}}, "bytes"),
+    ({"playback": {"events": "lots"}}, "events"),
+    ({"playback": [1, 2]}, "object"),
+])
+def test_malformed_submissions_store_nothing(lease, change, message):
+    _, user, _, a = lease
+    with pytest.raises(LeaseError, match=message) as exc:
+        submit(user, a, **change)
+    assert exc.value.status == 400
+    assert not Judgment.objects.exists()
+    assert Assignment.objects.get(pk=a.pk).status == "active"
+
+
+def test_group_scores_are_stored_in_slot_order_and_give_pairs(corpus):
+    campaign = make_campaign(corpus, protocol="group", group_size=3)
+    (user,) = enrol(campaign)
+    a = assignments_next(rater=user, campaign_slug=campaign.slug).assignments[0]
+    shown = [{"empathy": v, "appropriateness": v, "engagement": v, "naturalness": v}
+             for v in (5, 3, 1)]
+    j = judgment_submit(rater=user, token=str(a.token), idempotency_key=uuid.uuid4(),
+                        scores=shown, decision_ms=5).judgment
+    for position, slot in enumerate(a.order):
+        assert j.scores[slot]["empathy"] == shown[position]["empathy"]
+    best, worst, margin = group_pairs(j, campaign.weights)[0]
+    assert (best, worst, margin) == (a.order[0], a.order[2], 4.0)
+    assert len(group_pairs(j, campaign.weights)) == 3
+    with pytest.raises(LeaseError, match="scores"):
+        b = assignments_next(rater=user, campaign_slug=campaign.slug).assignments[0]
+        judgment_submit(rater=user, token=str(b.token), idempotency_key=uuid.uuid4(),
+                        scores=shown[:2], decision_ms=5)
+    assert json.dumps(j.scores)

@@ -1,0 +1,176 @@
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from annotation.models import Assignment, AssignmentStatus, Item, Judgment, Probe
+from annotation.services.judgments import judgment_submit
+from annotation.services.ordering import bradley_terry, campaign_reprioritise
+from annotation.services.scheduling import (
+    PREFETCH,
+    LeaseError,
+    assignment_heartbeat,
+    assignments_expire,
+    assignments_next,
+)
+from annotation.tasks import expire_leases_task
+from tests.annotation.conftest import enrol, make_campaign
+
+
+def answer(user, lease, choice="left", **kw):
+    import uuid
+
+    return judgment_submit(rater=user, token=str(lease.token), idempotency_key=uuid.uuid4(),
+                           choice=choice, decision_ms=1000, **kw)
+
+
+def rate_all(campaign, user, limit=100):
+    n = 0
+    for _ in range(limit):
+        result = assignments_next(rater=user, campaign_slug=campaign.slug)
+        if result.state != "rating":
+            return n, result.state
+        answer(user, result.assignments[0])
+        n += 1
+    return n, "rating"
+
+
+def test_next_leases_the_current_and_the_preloaded_item_and_a_second_tab_gets_the_same(corpus):
+    campaign = make_campaign(corpus)
+    (user,) = enrol(campaign)
+    first = assignments_next(rater=user, campaign_slug=campaign.slug)
+    again = assignments_next(rater=user, campaign_slug=campaign.slug)
+    assert len(first.assignments) == PREFETCH
+    assert [a.token for a in first.assignments] == [a.token for a in again.assignments]
+    assert Assignment.objects.count() == PREFETCH
+
+
+def test_overlap_is_never_exceeded_and_every_item_is_filled(corpus):
+    # given overlap 2 and five raters who each answer everything they are offered
+    campaign = make_campaign(corpus, overlap=2)
+    users = enrol(campaign, 5)
+    for user in users:
+        rate_all(campaign, user)
+    # then each item has exactly two judgments, from two different raters
+    for item in Item.objects.filter(campaign=campaign):
+        raters = list(Judgment.objects.filter(item=item).values_list("rater", flat=True))
+        assert len(raters) == item.n_judgments == 2
+        assert len(set(raters)) == 2
+    assert not Assignment.objects.filter(status=AssignmentStatus.ACTIVE).exists()
+
+
+def test_sides_are_shuffled_per_exposure_and_outcome_is_in_item_terms(corpus):
+    campaign = make_campaign(corpus, overlap=20)
+    users = enrol(campaign, 12)
+    orders = set()
+    for user in users:
+        lease = assignments_next(rater=user, campaign_slug=campaign.slug).assignments[0]
+        orders.add(tuple(lease.order))
+        j = answer(user, lease, "left").judgment
+        assert j.outcome == ("a" if lease.order[0] == 0 else "b")
+        assert j.order == lease.order
+    assert orders == {(0, 1), (1, 0)}
+
+
+def test_an_abandoned_lease_expires_and_its_item_is_served_again(corpus):
+    campaign = make_campaign(corpus, overlap=1, lease_seconds=30)
+    first, second = enrol(campaign, 2)
+    leases = assignments_next(rater=first, campaign_slug=campaign.slug).assignments
+    held = {a.item_id for a in leases}
+    # while held, nobody else gets those items
+    other = rate_all(campaign, second)[0]
+    assert other == Item.objects.count() - len(held)
+    # when the page is abandoned (no heartbeat), the leases run out
+    Assignment.objects.filter(rater=first).update(expires_at=timezone.now() - timedelta(seconds=1))
+    with pytest.raises(LeaseError) as exc:
+        answer(first, leases[0])
+    assert exc.value.status == 410
+    assert assignments_expire() == 2
+    expire_leases_task()  # again: nothing left to do
+    assert Assignment.objects.filter(status=AssignmentStatus.EXPIRED).count() == 2
+    # then the items go to the next rater who asks
+    assert rate_all(campaign, second)[0] == len(held)
+    assert not Judgment.objects.filter(rater=first).exists()
+
+
+def test_heartbeat_extends_all_of_the_raters_leases(corpus):
+    campaign = make_campaign(corpus, lease_seconds=60)
+    (user,) = enrol(campaign)
+    leases = assignments_next(rater=user, campaign_slug=campaign.slug).assignments
+    Assignment.objects.filter(rater=user).update(expires_at=timezone.now() + timedelta(seconds=5))
+    expires = assignment_heartbeat(rater=user, token=str(leases[0].token))
+    assert expires > timezone.now() + timedelta(seconds=55)
+    assert all(a.expires_at == expires for a in Assignment.objects.filter(rater=user))
+    (other,) = enrol(campaign)
+    with pytest.raises(LeaseError) as exc:
+        assignment_heartbeat(rater=other, token=str(leases[0].token))
+    assert exc.value.status == 403
+
+
+def test_per_rater_limit_then_finished(corpus):
+    campaign = make_campaign(corpus, per_rater_limit=3, overlap=5)
+    (user,) = enrol(campaign)
+    n, state = rate_all(campaign, user)
+    assert (n, state) == (3, "finished")
+    assert user.enrollments.get().finished_at is not None
+
+
+def test_probes_are_mixed_in_and_scored(corpus):
+    campaign = make_campaign(corpus, overlap=3, gold_rate=0.3, catch_rate=0.2, repeat_rate=0.2)
+    users = enrol(campaign, 3)
+    for user in users:
+        for _ in range(30):
+            result = assignments_next(rater=user, campaign_slug=campaign.slug)
+            if result.state != "rating":
+                break
+            lease = result.assignments[0]
+            # a perfect rater: ground truth on gold, tie on catch, consistent on repeats
+            if lease.probe == Probe.CATCH:
+                choice = "tie"
+            elif lease.probe == Probe.GOLD:
+                choice = "left" if lease.order[0] == 0 else "right"
+            elif lease.probe == Probe.REPEAT:
+                first = Judgment.objects.get(assignment=lease.repeat_of)
+                assert lease.order == list(reversed(first.order))
+                choice = {"left": "right", "right": "left"}.get(first.choice, first.choice)
+            else:
+                choice = "left"
+            answer(user, lease, choice)
+    probes = Judgment.objects.exclude(probe=Probe.NONE)
+    assert {j.probe for j in probes} == {"gold", "catch", "repeat"}
+    assert all(j.qc["passed"] for j in probes)
+    # probes never count toward an item's overlap
+    for item in Item.objects.filter(probe=Probe.NONE):
+        assert item.n_judgments == Judgment.objects.filter(item=item, probe=Probe.NONE).count()
+
+
+def test_a_rater_failing_probes_is_warned_then_blocked(corpus):
+    campaign = make_campaign(corpus, overlap=3, catch_rate=0.5, block_after=2)
+    (user,) = enrol(campaign)
+    state = "rating"
+    for _ in range(40):
+        result = assignments_next(rater=user, campaign_slug=campaign.slug)
+        state = result.state
+        if state != "rating":
+            break
+        answer(user, result.assignments[0], "left")  # never "tie", fails every catch trial
+    assert state == "blocked"
+    assert user.enrollments.get().probes_failed == 2
+
+
+def test_active_order_serves_uncertain_items_first(corpus):
+    campaign = make_campaign(corpus, overlap=3)
+    users = enrol(campaign, 2)
+    for user in users:
+        rate_all(campaign, user, limit=6)
+    assert campaign_reprioritise(campaign_id=campaign.pk) > 0
+    campaign.refresh_from_db()
+    assert set(campaign.ratings) >= {"ground_truth"}
+    top = Item.objects.filter(campaign=campaign, n_judgments__lt=3).order_by("-priority").first()
+    bottom = Item.objects.filter(campaign=campaign, n_judgments__lt=3).order_by("priority").first()
+    assert top.priority > bottom.priority
+
+
+def test_bradley_terry_orders_players_by_wins():
+    r = bradley_terry({("a", "b"): 8, ("b", "a"): 2, ("b", "c"): 8, ("c", "b"): 2})
+    assert r["a"] > r["b"] > r["c"]
