@@ -37,7 +37,7 @@ class CampaignForm(forms.Form):
     consent_text = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
     crowd_param = forms.RegexField(r"^[A-Za-z0-9_]{0,40}$", required=False,
                                    help_text="e.g. PROLIFIC_PID for crowd entry")
-    completion_url = forms.URLField(required=False)
+    completion_url = forms.URLField(required=False, assume_scheme="https")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import numpy as np
 from django.conf import settings
@@ -40,6 +41,7 @@ from policy.plots import line_plot_svg
 from rendering.views import clip_file_response
 
 CROWD_EXTRA = ("STUDY_ID", "SESSION_ID")
+_ZERO = uuid.UUID(int=0)  # placeholder in URL templates the page fills in
 
 
 @require_http_methods(["GET", "POST"])
@@ -58,6 +60,12 @@ def invite(request: HttpRequest, token: str) -> HttpResponse:
             "campaign": campaign, "participant": participant,
             "crowd": {k: request.GET.get(k, "") for k in CROWD_EXTRA},
         })
+    if campaign.consent_text and not source.get("consent"):
+        return render(request, "annotation/invite.html", {
+            "campaign": campaign, "participant": participant,
+            "crowd": {k: source.get(k, "") for k in CROWD_EXTRA},
+            "error": "Please tick the box to agree before starting.",
+        }, status=400)
     try:
         enrollment = invite_accept(
             token=token, user=request.user, participant=participant,
@@ -65,12 +73,6 @@ def invite(request: HttpRequest, token: str) -> HttpResponse:
     except InviteError as exc:
         return render(request, "annotation/message.html",
                       {"title": "Cannot start", "text": str(exc)}, status=400)
-    if campaign.consent_text and not source.get("consent"):
-        return render(request, "annotation/invite.html", {
-            "campaign": campaign, "participant": participant,
-            "crowd": {k: source.get(k, "") for k in CROWD_EXTRA},
-            "error": "Please tick the box to agree before starting.",
-        }, status=400)
     if not request.user.is_authenticated or request.user.pk != enrollment.rater_id:
         login(request, enrollment.rater, backend="django.contrib.auth.backends.ModelBackend")
     if campaign.consent_text:
@@ -95,8 +97,10 @@ def rate(request: HttpRequest, slug: str) -> HttpResponse:
         "api": {
             "next": reverse("annotation:api-next", args=[campaign.slug]),
             "consent": reverse("annotation:api-consent", args=[campaign.slug]),
-            "heartbeat": reverse("annotation:api-heartbeat", args=["TOKEN"]),
-            "judgment": reverse("annotation:api-judgment", args=["TOKEN"]),
+            "heartbeat": reverse("annotation:api-heartbeat", args=[_ZERO]).replace(
+                str(_ZERO), "TOKEN"),
+            "judgment": reverse("annotation:api-judgment", args=[_ZERO]).replace(
+                str(_ZERO), "TOKEN"),
         },
     }
     return render(request, "annotation/rate.html", {

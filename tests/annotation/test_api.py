@@ -1,0 +1,211 @@
+import json
+import re
+import uuid
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.urls import reverse
+
+from annotation.models import Enrollment, Invite, Judgment
+from annotation.roles import ADMIN, RESEARCHER, role_add
+from annotation.services.campaigns import invite_create
+from policy.models import Candidate, PolicyVersion
+from tests.annotation.conftest import SOURCES, enrol, make_campaign
+
+
+def client_for(user) -> Client:
+    c = Client(enforce_csrf_checks=False)
+    c.force_login(user)
+    return c
+
+
+@pytest.fixture
+def campaign(corpus):
+    return make_campaign(corpus, gold_rate=0.2, catch_rate=0.2, overlap=3)
+
+
+def test_rater_payload_names_no_source_candidate_or_episode(campaign):
+    (user,) = enrol(campaign)
+    c = client_for(user)
+    seen = set()
+    for _ in range(12):
+        res = c.post(reverse("annotation:api-next", args=[campaign.slug]))
+        assert res.status_code == 200
+        body = res.json()
+        text = json.dumps(body)
+        for leak in ("ground_truth", "baseline", "jitter", "mistimed", "wrong", "policy",
+                     "probe", "gold", "catch", "syn-"):
+            assert leak not in text.lower(), leak
+        lease = body["assignments"][0]
+        urls = [lease["speaker"]["video"]] + [x["video"] for x in lease["clips"]]
+        assert len(set(urls)) == len(urls)  # even the identical clips of a catch trial
+        seen.update(urls)
+        r = c.post(reverse("annotation:api-judgment", args=[lease["id"]]),
+                   {"idempotency_key": str(uuid.uuid4()), "choice": "tie", "decision_ms": 5},
+                   content_type="application/json")
+        assert r.status_code == 201
+    candidate_ids = {str(pk) for pk in Candidate.objects.values_list("pk", flat=True)}
+    assert not any(re.search(rf"/{pk}/", u) for u in seen for pk in candidate_ids)
+
+
+def test_media_is_served_only_to_the_rater_holding_the_lease(campaign):
+    user, other = enrol(campaign, 2)
+    body = client_for(user).post(reverse("annotation:api-next", args=[campaign.slug])).json()
+    url = body["assignments"][0]["clips"][0]["video"]
+    res = client_for(user).get(url, HTTP_RANGE="bytes=0-9")
+    assert res.status_code == 206
+    assert client_for(other).get(url).status_code == 404
+    assert Client().get(url).status_code == 404
+    assert client_for(user).get(url[:-6] + "xxxxx/").status_code == 404
+
+
+def test_api_answers_every_bad_request_with_a_clear_4xx(campaign):
+    user, other = enrol(campaign, 2)
+    c = client_for(user)
+    lease = c.post(reverse("annotation:api-next", args=[campaign.slug])).json()["assignments"][0]
+    url = reverse("annotation:api-judgment", args=[lease["id"]])
+    key = str(uuid.uuid4())
+    cases = [
+        (c, {"idempotency_key": key, "choice": "sideways", "decision_ms": 5}, 400),
+        (c, {"idempotency_key": key, "decision_ms": 5}, 400),  # pairwise without a choice
+        (c, {"choice": "left", "decision_ms": 5}, 400),
+        (c, "not json", 400),
+        (client_for(other), {"idempotency_key": key, "choice": "left", "decision_ms": 5}, 403),
+    ]
+    for client, body, status in cases:
+        res = client.post(url, body if isinstance(body, dict) else body,
+                          content_type="application/json")
+        assert res.status_code == status, (body, res.content)
+        assert res.json()["detail"]
+    assert not Judgment.objects.exists()
+    ok = c.post(url, {"idempotency_key": key, "choice": "left", "decision_ms": 5},
+                content_type="application/json")
+    retry = c.post(url, {"idempotency_key": key, "choice": "left", "decision_ms": 5},
+                   content_type="application/json")
+    assert (ok.status_code, retry.status_code) == (201, 200)
+    assert retry.json() == {"stored": False, "judgment": ok.json()["judgment"]}
+    assert Judgment.objects.count() == 1
+    bad = uuid.uuid4()
+    assert c.post(reverse("annotation:api-heartbeat", args=[bad])).status_code == 404
+    assert c.post(reverse("annotation:api-next", args=["nope"])).status_code == 404
+    assert Client().post(reverse("annotation:api-next", args=[campaign.slug])).status_code == 403
+
+
+def test_csrf_is_required_for_session_clients(campaign):
+    (user,) = enrol(campaign)
+    c = Client(enforce_csrf_checks=True)
+    c.force_login(user)
+    assert c.post(reverse("annotation:api-next", args=[campaign.slug])).status_code == 403
+
+
+def test_campaign_api_is_scoped_to_the_researcher(corpus, researcher):
+    mine = make_campaign(corpus, slug="mine", created_by=researcher)
+    theirs = make_campaign(corpus, slug="theirs")
+    (rater,) = enrol(mine)
+    c = client_for(researcher)
+    assert [x["slug"] for x in c.get(reverse("annotation:api-campaigns")).json()] == ["mine"]
+    assert c.get(reverse("annotation:api-campaign", args=[theirs.slug])).status_code == 404
+    assert c.get(reverse("annotation:api-campaign-progress", args=["mine"])).json()["items"] > 0
+    assert client_for(rater).get(reverse("annotation:api-campaigns")).status_code == 403
+    assert client_for(rater).get(reverse("annotation:campaign", args=["mine"])).status_code == 403
+    boss = get_user_model().objects.create_user("boss")
+    role_add(boss, ADMIN)
+    assert len(client_for(boss).get(reverse("annotation:api-campaigns")).json()) == 2
+
+
+def test_campaign_crud_through_the_api(corpus, researcher):
+    c = client_for(researcher)
+    body = {"name": "API study", "slug": "api-study", "dataset": corpus.name,
+            "sources": SOURCES, "split": "train", "overlap": 2}
+    if not corpus.episodes.filter(split="train").exists():
+        body["split"] = corpus.episodes.first().split
+    res = c.post(reverse("annotation:api-campaigns"), body, content_type="application/json")
+    assert res.status_code == 201, res.content
+    assert res.json()["built"]["items"] > 0
+    res = c.patch(reverse("annotation:api-campaign", args=["api-study"]),
+                  {"instructions": "Watch closely."}, content_type="application/json")
+    assert res.json()["instructions"] == "Watch closely."
+    res = c.patch(reverse("annotation:api-campaign", args=["api-study"]), {"overlap": 9},
+                  content_type="application/json")
+    assert res.status_code == 400 and "overlap" in res.json()["detail"]
+    res = c.post(reverse("annotation:api-campaign-status", args=["api-study"]),
+                 {"status": "active"}, content_type="application/json")
+    assert res.status_code == 400 and "not rendered" in res.json()["detail"]
+    res = c.post(reverse("annotation:api-campaign-invites", args=["api-study"]),
+                 {"label": "pilot", "max_uses": 5}, content_type="application/json")
+    assert res.status_code == 201 and "/rate/invite/" in res.json()["url"]
+    assert c.delete(reverse("annotation:api-campaign", args=["api-study"])).status_code == 204
+    bad = {**body, "sources": [{"kind": "policy", "version": "missing"}], "slug": "x"}
+    res = c.post(reverse("annotation:api-campaigns"), bad, content_type="application/json")
+    assert res.status_code == 400 and "missing" in res.json()["detail"]
+    assert not PolicyVersion.objects.exists()
+
+
+def test_openapi_schema_and_docs(researcher):
+    c = client_for(researcher)
+    schema = c.get(reverse("annotation:api-schema"), HTTP_ACCEPT="application/json")
+    assert schema.status_code == 200
+    paths = json.loads(schema.content)["paths"]
+    assert "/api/assignments/{token}/judgment/" in paths
+    assert "/api/rate/{slug}/next/" in paths
+    assert c.get(reverse("annotation:api-docs")).status_code == 200
+
+
+def test_invite_page_enrols_logs_in_and_records_consent(corpus):
+    campaign = make_campaign(corpus, consent_text="I agree to take part.",
+                             instructions="Watch both faces.")
+    invite = invite_create(campaign=campaign, max_uses=1)
+    url = reverse("annotation:invite", args=[invite.token])
+    c = Client()
+    page = c.get(url)
+    assert b"Watch both faces." in page.content and b"I agree" in page.content
+    assert c.post(url).status_code == 400  # consent box not ticked
+    res = c.post(url, {"consent": "1"})
+    assert res.status_code == 302 and res["Location"] == f"/rate/{campaign.slug}/"
+    assert c.get(res["Location"]).status_code == 200
+    e = Enrollment.objects.get()
+    assert e.consented_at is not None
+    assert Invite.objects.get().uses == 1
+    assert Client().post(url, {"consent": "1"}).status_code == 400  # used up
+    assert Client().get(reverse("annotation:invite", args=["forged"])).status_code == 404
+
+
+def test_crowd_entry_resumes_the_same_participant_and_shows_the_code(corpus):
+    campaign = make_campaign(corpus, crowd_param="PROLIFIC_PID", per_rater_limit=1,
+                             completion_code="C0DE42")
+    invite = invite_create(campaign=campaign)
+    url = reverse("annotation:invite", args=[invite.token])
+    assert Client().post(url).status_code == 400  # no participant id
+    for _ in range(2):
+        c = Client()
+        c.post(url, {"PROLIFIC_PID": "abc123", "STUDY_ID": "s1"})
+    e = Enrollment.objects.get()
+    assert (e.external_id, e.external_study) == ("abc123", "s1")
+    api = reverse("annotation:api-next", args=[campaign.slug])
+    lease = c.post(api).json()["assignments"][0]
+    c.post(reverse("annotation:api-judgment", args=[lease["id"]]),
+           {"idempotency_key": str(uuid.uuid4()), "choice": "left", "decision_ms": 5},
+           content_type="application/json")
+    done = c.post(api).json()
+    assert done["state"] == "finished" and done["completion_code"] == "C0DE42"
+
+
+def test_researcher_pages(corpus, researcher):
+    campaign = make_campaign(corpus, created_by=researcher)
+    c = client_for(researcher)
+    assert c.get(reverse("annotation:campaigns")).status_code == 200
+    page = c.get(reverse("annotation:campaign", args=[campaign.slug]))
+    assert page.status_code == 200 and b"Invite links" in page.content
+    res = c.post(reverse("annotation:campaign", args=[campaign.slug]),
+                 {"action": "invite", "label": "lab"})
+    assert res.status_code == 302 and Invite.objects.filter(label="lab").exists()
+    assert c.get(reverse("annotation:campaign-new")).status_code == 200
+    res = c.post(reverse("annotation:campaign-new"), {
+        "name": "Form study", "slug": "form-study", "dataset": corpus.name,
+        "split": corpus.episodes.first().split, "sources": ["ground_truth", "baseline:jitter"],
+        "samples": 1, "protocol": "pairwise", "group_size": 5, "overlap": 3,
+        "target_items": 10, "per_rater_limit": 10, "gold_rate": 0.1, "catch_rate": 0.05,
+        "repeat_rate": 0.05})
+    assert res.status_code == 302, res.content.decode()[:2000]
+    assert c.get(reverse("admin:annotation_campaign_changelist")).status_code in (200, 302)
