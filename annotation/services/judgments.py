@@ -157,6 +157,14 @@ def judgment_submit(
             if stored is not None and str(stored.assignment.token) == str(token):
                 return Submitted(stored, created=False)
             raise
+        if assignment.probe == Probe.NONE:
+            # Take the item's lock (leasing holds it while counting live leases) and only then
+            # look at the clock: a lease that a concurrent leaser already saw as expired is
+            # refused here, so judgments + live leases never exceed the overlap.
+            list(Item.objects.select_for_update().filter(pk=assignment.item_id).values_list("pk"))
+            if assignment.expires_at <= timezone.now():
+                raise LeaseError(410, "lease_expired", "the lease on this item expired; load "
+                                                       "the next item")
         if Judgment.objects.filter(idempotency_key=key).exists():
             raise LeaseError(409, "key_reused", "idempotency_key: already used for another item")
         campaign = assignment.campaign

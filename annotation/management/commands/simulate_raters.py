@@ -63,13 +63,13 @@ class Command(BaseCommand):
 
         def one(index: int) -> None:
             rater = Rater(opts["kind"], random.Random(opts["seed"] * 10_007 + index))
+            if not opts["url"]:
+                self._in_process(campaign, invite.token, rater, limit, tally)
+                return
             try:
-                if opts["url"]:
-                    self._over_http(campaign, invite.token, rater, limit, opts["url"], tally)
-                else:
-                    self._in_process(campaign, invite.token, rater, limit, tally)
+                self._over_http(campaign, invite.token, rater, limit, opts["url"], tally)
             finally:
-                close_old_connections()
+                close_old_connections()  # this thread's connection (oracle look-ups)
 
         if opts["url"]:
             with ThreadPoolExecutor(max_workers=min(opts["raters"], 32)) as pool:
