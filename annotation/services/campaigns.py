@@ -178,6 +178,8 @@ def campaign_create(
               rates={"gold_rate": gold_rate, "catch_rate": catch_rate,
                      "repeat_rate": repeat_rate},
               weights=options.get("criteria_weights", {}), sources=sources)
+    for source in sources:
+        _source_filter(source, dataset)  # CampaignError naming the bad source
     if Campaign.objects.filter(slug=slug).exists():
         raise CampaignError(f"slug: a campaign named {slug!r} exists already")
     allowed = {f.name for f in Campaign._meta.get_fields()}
