@@ -37,7 +37,7 @@ from annotation.services.campaigns import (
 from annotation.services.enrollment import InviteError, invite_accept
 from annotation.services.judgments import consent_give
 from annotation.services.scheduling import LeaseError, enrollment_for
-from policy.plots import line_plot_svg
+from policy.plots import bar_plot_svg, line_plot_svg
 from rendering.views import clip_file_response
 
 CROWD_EXTRA = ("STUDY_ID", "SESSION_ID")
@@ -191,6 +191,8 @@ def campaign_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "campaign": campaign, "progress": progress, "raters": rater_rows(campaign),
         "invites": invites, "plot": _judgments_plot(campaign),
         "ratings": sorted(progress["ratings"].items(), key=lambda kv: -kv[1]),
+        "ratings_plot": bar_plot_svg(progress["ratings"], title="Bradley–Terry log-strength "
+                                     "by source (0 = average)") if progress["ratings"] else "",
         "sources_json": json.dumps(campaign.sources),
     })
 

@@ -67,3 +67,37 @@ def line_plot_svg(
     )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def bar_plot_svg(values: dict[str, float], *, title: str = "", width: int = 560,
+                 unit: str = "") -> str:
+    """Horizontal bars from a zero line (values may be negative), largest first."""
+    rows = sorted(values.items(), key=lambda kv: -kv[1])
+    bar_h, pad_t, label_w = 20, 24, 170
+    height = pad_t + bar_h * len(rows) + 8
+    span = max((abs(v) for _, v in rows), default=1.0) or 1.0
+    has_negative = any(v < 0 for _, v in rows)
+    plot_w = width - label_w - 60
+    zero = label_w + (plot_w / 2 if has_negative else 0)
+    scale = (plot_w / 2 if has_negative else plot_w) / span
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
+        f'<text x="4" y="14" font-size="12" font-family="sans-serif">{escape(title)}</text>',
+        f'<line x1="{zero:.1f}" y1="{pad_t - 2}" x2="{zero:.1f}" y2="{height - 6}" '
+        'stroke="#888"/>',
+    ]
+    for i, (name, v) in enumerate(rows):
+        y = pad_t + i * bar_h
+        x0 = zero if v >= 0 else zero + v * scale
+        colour = _PALETTE[i % len(_PALETTE)]
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + 14}" font-size="11" text-anchor="end" '
+            f'font-family="sans-serif">{escape(name)}</text>'
+            f'<rect x="{x0:.1f}" y="{y + 3}" width="{max(abs(v) * scale, 1):.1f}" '
+            f'height="{bar_h - 6}" fill="{colour}"/>'
+            f'<text x="{zero + max(v, 0) * scale + 4:.1f}" y="{y + 14}" font-size="10" '
+            f'font-family="sans-serif">{v:+.2f}{escape(unit)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)

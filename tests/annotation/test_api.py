@@ -8,7 +8,7 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation.models import Enrollment, Invite, Judgment
-from annotation.roles import ADMIN, RESEARCHER, role_add
+from annotation.roles import ADMIN, role_add
 from annotation.services.campaigns import invite_create
 from policy.models import Candidate, PolicyVersion
 from tests.annotation.conftest import SOURCES, enrol, make_campaign
@@ -209,3 +209,33 @@ def test_researcher_pages(corpus, researcher):
         "repeat_rate": 0.05})
     assert res.status_code == 302, res.content.decode()[:2000]
     assert c.get(reverse("admin:annotation_campaign_changelist")).status_code in (200, 302)
+
+
+def test_two_tabs_get_the_same_item_and_only_the_first_answer_counts(campaign):
+    (user,) = enrol(campaign)
+    tab_a, tab_b = client_for(user), client_for(user)
+    next_url = reverse("annotation:api-next", args=[campaign.slug])
+    a = tab_a.post(next_url).json()["assignments"][0]["id"]
+    b = tab_b.post(next_url).json()["assignments"][0]["id"]
+    assert a == b
+    url = reverse("annotation:api-judgment", args=[a])
+    first = tab_a.post(url, {"idempotency_key": str(uuid.uuid4()), "choice": "left",
+                             "decision_ms": 5}, content_type="application/json")
+    second = tab_b.post(url, {"idempotency_key": str(uuid.uuid4()), "choice": "right",
+                              "decision_ms": 5}, content_type="application/json")
+    assert (first.status_code, second.status_code) == (201, 409)
+    assert second.json()["error"] == "already_answered"
+    assert Judgment.objects.get().choice == "left"
+    assert tab_b.post(next_url).json()["assignments"][0]["id"] != a
+
+
+def test_campaign_page_draws_the_ratings(corpus, researcher):
+    from annotation.services.ordering import campaign_reprioritise
+    from django.core.management import call_command
+
+    campaign = make_campaign(corpus, created_by=researcher)
+    call_command("simulate_raters", "--campaign", campaign.slug, "--raters", "2",
+                 "--no-progress")
+    campaign_reprioritise(campaign_id=campaign.pk)
+    page = client_for(researcher).get(reverse("annotation:campaign", args=[campaign.slug]))
+    assert page.content.count(b"<svg") >= 1 and b"ground_truth" in page.content
