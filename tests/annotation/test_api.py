@@ -230,8 +230,9 @@ def test_two_tabs_get_the_same_item_and_only_the_first_answer_counts(campaign):
 
 
 def test_campaign_page_draws_the_ratings(corpus, researcher):
-    from annotation.services.ordering import campaign_reprioritise
     from django.core.management import call_command
+
+    from annotation.services.ordering import campaign_reprioritise
 
     campaign = make_campaign(corpus, created_by=researcher)
     call_command("simulate_raters", "--campaign", campaign.slug, "--raters", "2",
