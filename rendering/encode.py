@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import shutil
 import subprocess
@@ -334,6 +335,8 @@ class SubtitleBurner:
             probe = ImageDraw.Draw(Image.new("L", (1, 1)))
             box = probe.multiline_textbbox((0, 0), text, font=font, stroke_width=stroke,
                                            align="center")
+            # Centred lines of different widths give fractional bounds: whole pixels outward.
+            box = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
             w, h = box[2] - box[0] + 2, box[3] - box[1] + 2
             img = Image.new("RGBA", (w, h), (0, 0, 0, 0))
             ImageDraw.Draw(img).multiline_text(

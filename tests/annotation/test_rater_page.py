@@ -22,7 +22,9 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 os.environ.setdefault("LP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
+from django.db import connections  # noqa: E402
 from django.urls import reverse  # noqa: E402
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from annotation.models import Enrollment, Judgment  # noqa: E402
 from annotation.services.campaigns import (  # noqa: E402
@@ -33,9 +35,6 @@ from annotation.services.campaigns import (  # noqa: E402
 from rendering.models import Clip, ClipStatus  # noqa: E402
 from tests.annotation.conftest import SOURCES, make_corpus  # noqa: E402
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
-expect = playwright_sync.expect
-
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking"]
 INSTRUCTIONS = ("Watch the speaker, then the two listening faces.\n\n"
@@ -45,27 +44,10 @@ REASONS = ["timing", "expression", "too much", "too little"]
 # Seed 5, episode 0 is one of the shortest synthetic episodes (6 s): every item is watched
 # to the end in real time, three times.
 CORPUS_SEED = 5
+SLUG = "faces"
 WATCH_TIMEOUT_MS = 45_000  # a 6 s clip; generous for a loaded machine
 LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-
-
-def _whole_pixel_text_boxes(monkeypatch) -> None:
-    """Work around a bug in rendering.encode.SubtitleBurner._sprite: Pillow 12 returns
-    fractional x bounds from ``multiline_textbbox`` for centred text of several lines, the
-    sprite size becomes a float and ``Image.new`` raises TypeError, so every speaker clip with
-    a subtitle cue that wraps fails to render. Drop this once the sprite size is rounded there."""
-    import math
-
-    from PIL import ImageDraw
-
-    original = ImageDraw.ImageDraw.multiline_textbbox
-
-    def whole_pixels(self, *args, **kwargs):
-        left, top, right, bottom = original(self, *args, **kwargs)
-        return math.floor(left), math.floor(top), math.ceil(right), math.ceil(bottom)
-
-    monkeypatch.setattr(ImageDraw.ImageDraw, "multiline_textbbox", whole_pixels)
 
 
 @pytest.fixture
@@ -76,10 +58,9 @@ def campaign(transactional_db, monkeypatch):
     queued: list[int] = []
     # Render here, in this process, instead of through the broker (no worker runs).
     monkeypatch.setattr(rendering_services, "_enqueue", queued.append)
-    _whole_pixel_text_boxes(monkeypatch)
     dataset = make_corpus(episodes=1, seed=CORPUS_SEED)
     campaign = campaign_create(
-        name="Listening faces", slug="faces", dataset=dataset, sources=SOURCES,
+        name="Listening faces", slug=SLUG, dataset=dataset, sources=SOURCES,
         episodes=list(dataset.episodes.all()), overlap=1, per_rater_limit=3,
         gold_rate=0.0, catch_rate=0.0, repeat_rate=0.0, ask_strength=True,
         reason_tags=REASONS, instructions=INSTRUCTIONS, consent_text=CONSENT,
@@ -97,12 +78,26 @@ def browser(monkeypatch):
     # Playwright's sync API runs an event loop in this thread; the ORM calls between browser
     # steps are still plain synchronous code.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with playwright_sync.sync_playwright() as p:
+    with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"),
             args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+        # With Playwright's event loop running, Django keeps this thread's connections apart
+        # from the usual ones; close those here, or they outlive the test database.
+        connections.close_all()
+
+
+def _open(context) -> tuple:
+    """A new page, and the script errors it will have (failed requests are expected here:
+    offline, a dropped response)."""
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: msg.type == "error" and not msg.text.startswith(
+        "Failed to load resource") and errors.append(msg.text))
+    return page, errors
 
 
 def _screenshot_path(suffix: str = "") -> Path | None:
@@ -114,23 +109,56 @@ def _screenshot_path(suffix: str = "") -> Path | None:
 
 
 def _pending(page) -> list:
-    return json.loads(page.evaluate("localStorage.getItem('bc-pending-faces') || '[]'"))
+    return json.loads(page.evaluate(f"localStorage.getItem('bc-pending-{SLUG}') || '[]'"))
+
+
+VIDEO_STATE = """() => [...document.querySelectorAll("#stage video")].map((v) => ({
+  at: v.currentTime, paused: v.paused, ended: v.ended, ready: v.readyState,
+  network: v.networkState, error: v.error && v.error.message,
+  frames: v.getVideoPlaybackQuality().totalVideoFrames}))"""
+
+
+def _wait_until_unlocked(page) -> None:
+    """The answers unlock once the speaker clip has ended: this waits for it in real time."""
+    try:
+        expect(page.locator('.choice[data-choice="right"]')).to_be_enabled(
+            timeout=WATCH_TIMEOUT_MS)
+    except AssertionError as exc:
+        raise AssertionError(f"the answers never unlocked; play button "
+                             f"{page.inner_text('#play')!r}, videos "
+                             f"{page.evaluate(VIDEO_STATE)}") from exc
+    expect(page.locator("#watch-hint")).to_be_hidden()
 
 
 def _watch_to_the_end(page) -> None:
-    """Space plays; the answers unlock once the speaker clip has ended."""
-    left = page.locator('.choice[data-choice="left"]')
-    expect(left).to_be_disabled()
+    """Space plays."""
+    expect(page.locator('.choice[data-choice="left"]')).to_be_disabled()
     page.keyboard.press(" ")
-    expect(left).to_be_enabled(timeout=WATCH_TIMEOUT_MS)
-    expect(page.locator("#watch-hint")).to_be_hidden()
+    _wait_until_unlocked(page)
+
+
+def _in_view(page, viewport: dict, *selectors: str) -> None:
+    """Each element wholly inside the window, as it is, without scrolling; nothing sideways."""
+    for selector in selectors:
+        box = page.locator(selector).bounding_box()
+        assert box is not None, f"{selector} is not shown"
+        assert (box["x"] >= 0 and box["y"] >= 0
+                and box["x"] + box["width"] <= viewport["width"] + 0.5
+                and box["y"] + box["height"] <= viewport["height"] + 0.5), (selector, box)
+    assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+
+
+ON_SCREEN = ("#speaker-slot video", "#candidates figure:nth-child(1) video",
+             "#candidates figure:nth-child(2) video", '.choice[data-choice="left"]',
+             '.choice[data-choice="both_bad"]', '#strength button[data-strength="1"]',
+             '#strength button[data-strength="3"]', "#reasons")
 
 
 def _speaker_evidence(j: Judgment) -> None:
     pb = j.playback
     seen = {(e["e"], e["v"]) for e in pb["events"]}
     assert ("play", 0) in seen and ("ended", 0) in seen, pb["events"]
-    assert pb["plays"] >= 1
+    assert pb["plays"] >= 1 and pb["pauses"] == 0  # the pause at the end is not the rater's
     # One quality entry per video on screen, each with frames really decoded (H.264 played).
     assert len(pb["quality"]) == 3
     assert all(q and q["total"] > 0 for q in pb["quality"]), pb["quality"]
@@ -147,10 +175,7 @@ def _outcome(j: Judgment) -> str:
 def test_a_rater_watches_and_votes_in_chromium(live_server, campaign, browser):
     invite = invite_create(campaign=campaign, label="browser")
     context = browser.new_context(viewport=LAPTOP)
-    page = context.new_page()
-    page_errors: list[str] = []
-    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
-    page.on("console", lambda msg: msg.type == "error" and page_errors.append(msg.text))
+    page, page_errors = _open(context)
 
     # -- the invite: instructions, consent, start ------------------------------------------
     page.goto(live_server.url + reverse("annotation:invite", args=[invite.token]))
@@ -180,9 +205,14 @@ def test_a_rater_watches_and_votes_in_chromium(live_server, campaign, browser):
 
     # -- item 1, by keyboard: 1 (left), then 2 (clearly) ----------------------------------
     _watch_to_the_end(page)
+    # The speaker's sound (AAC) was decoded too (a Chromium-only counter).
+    assert page.evaluate("document.querySelector('#speaker-slot video')"
+                         ".webkitAudioDecodedByteCount") > 0
+    expect(page.locator("#strength")).to_be_hidden()
     page.keyboard.press("1")
     expect(page.locator("#strength")).to_be_visible()
     expect(page.locator('.choice[data-choice="left"]')).to_have_class("choice picked")
+    _in_view(page, LAPTOP, *ON_SCREEN)
     if (shot := _screenshot_path()) is not None:
         page.screenshot(path=str(shot))
     with page.expect_response(lambda r: r.url.endswith("/next/")) as answered:
@@ -214,12 +244,11 @@ def test_a_rater_watches_and_votes_in_chromium(live_server, campaign, browser):
     # Back online, the first try reaches the server but its response is lost: the page must
     # send the same answer again, and the server must keep one.
     posts: list[tuple[str, int | None]] = []
-    state = {"drop": 1}
+    state = {"online": False, "drop": 1}
 
     def judgment_route(route):
-        request = route.request
-        key = json.loads(request.post_data)["idempotency_key"]
-        if state["drop"]:
+        key = json.loads(route.request.post_data)["idempotency_key"]
+        if state["online"] and state["drop"]:
             state["drop"] -= 1
             response = route.fetch()
             posts.append((key, response.status))
@@ -229,6 +258,7 @@ def test_a_rater_watches_and_votes_in_chromium(live_server, campaign, browser):
             route.continue_()
 
     page.route("**/api/assignments/*/judgment/", judgment_route)
+    state["online"] = True
     context.set_offline(False)
     expect(page.locator("#progress-text")).to_have_text("2 / 3", timeout=30_000)
     expect(page.locator("#banner")).to_be_hidden()
@@ -244,7 +274,7 @@ def test_a_rater_watches_and_votes_in_chromium(live_server, campaign, browser):
 
     # -- item 3, by mouse, with a reason ---------------------------------------------------
     page.click("#play")
-    expect(page.locator('.choice[data-choice="right"]')).to_be_enabled(timeout=WATCH_TIMEOUT_MS)
+    _wait_until_unlocked(page)
     page.get_by_label("timing").check()
     page.click('.choice[data-choice="right"]')
     page.click('#strength button[data-strength="1"]')
@@ -261,25 +291,29 @@ def test_a_rater_watches_and_votes_in_chromium(live_server, campaign, browser):
 
 def test_the_rater_page_fits_a_phone(live_server, campaign, browser):
     """On a phone: the speaker, both candidates and the answers on one screen, no sideways
-    scrolling; tapping Play plays."""
+    scrolling; tapping plays and answers."""
     invite = invite_create(campaign=campaign)
     context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True,
                                   has_touch=True)
-    page = context.new_page()
+    page, page_errors = _open(context)
     page.goto(live_server.url + reverse("annotation:invite", args=[invite.token]))
     page.check("#consent")
     page.tap("#start")
     page.tap("#help-close")
     expect(page.locator("#help")).to_be_hidden()
+    expect(page.locator("#candidates video")).to_have_count(2)
     page.tap("#play")
-    expect(page.locator('.choice[data-choice="left"]')).to_be_enabled(timeout=WATCH_TIMEOUT_MS)
-    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0
-    for selector in ("#speaker-slot video", "#candidates figure:nth-child(2) video",
-                     '.choice[data-choice="both_bad"]'):
-        box = page.locator(selector).bounding_box()
-        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
-        assert box["y"] + box["height"] <= PHONE["height"], selector
+    _wait_until_unlocked(page)
+    expect(page.locator("#strength")).to_be_hidden()
+    page.tap('.choice[data-choice="left"]')
+    expect(page.locator("#strength")).to_be_visible()
+    _in_view(page, PHONE, *ON_SCREEN)
     if (shot := _screenshot_path("_phone")) is not None:
         page.screenshot(path=str(shot))
+    page.tap('#strength button[data-strength="3"]')
+    expect(page.locator("#progress-text")).to_have_text("1 / 3")
+    (judgment,) = Judgment.objects.all()
+    assert (judgment.choice, judgment.strength) == ("left", 3)
+    _speaker_evidence(judgment)
+    assert page_errors == []
     context.close()

@@ -10,7 +10,10 @@
   const cfg = JSON.parse(document.getElementById("rate-config").textContent);
   const $ = (sel) => document.querySelector(sel);
   const pendingKey = "bc-pending-" + cfg.slug;
-  const DRIFT_S = 0.08; // resync a candidate further than this from the speaker
+  const DRIFT_S = 0.04; // a candidate further than this from the speaker is nudged (rate)
+  const JUMP_S = 0.3; // ... and further than this is moved (a seek)
+  const HOLD_MAX_MS = 4000; // the speaker waits this long at most for a candidate's data
+  const MAX_EVENTS = 600; // playback events sent with an answer (the server takes 64 KB)
 
   let current = null; // {data, view, shownAt, unlockedAt, events, viewed}
   let upcoming = null; // {data, view} being preloaded
@@ -35,11 +38,36 @@
     return { status: res.status, data };
   }
 
+  let offlineBanner = false; // the banner shown says the connection is lost
+
   function banner(text, kind) {
     const el = $("#banner");
     el.textContent = text || "";
     el.className = "banner " + (kind || "");
     el.hidden = !text;
+    offlineBanner = false;
+  }
+
+  function connectionLost(text) {
+    banner(text, "error");
+    offlineBanner = true;
+  }
+
+  function connectionBack() {
+    if (offlineBanner) banner("");
+  }
+
+  // Wait before trying again; the browser coming back online ends the wait at once.
+  function retryPause(ms) {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        window.removeEventListener("online", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      window.addEventListener("online", done);
+    });
   }
 
   // -- building one item's videos --------------------------------------------------------------
@@ -86,8 +114,8 @@
     else buildReasons();
     setVoting(false);
     $("#watch-hint").hidden = false;
-    $("#play").textContent = "▶ Play";
-    $("#play").append(" ", kbd("space"));
+    playLabel("play");
+    $("#play").disabled = false;
   }
 
   function kbd(text) {
@@ -97,6 +125,11 @@
   }
 
   // -- one clock ---------------------------------------------------------------------------------
+  //
+  // The speaker plays; the candidates follow. Small drift is taken out by nudging a candidate's
+  // playback rate (seamless); only a large gap is closed by a seek, because a seek in these
+  // clips decodes from the last key frame and would otherwise make the candidate fall behind
+  // again at once. A candidate waiting for data holds the speaker until it can play.
 
   function log(entry, type, index, el) {
     entry.events.push({
@@ -105,27 +138,49 @@
     });
   }
 
+  function playLabel(state) {
+    const text = { play: "▶ Play", pause: "❚❚ Pause", replay: "↻ Replay" }[state];
+    $("#play").replaceChildren(text + " ", kbd("space"));
+  }
+
   function wireClock(entry) {
     const master = entry.view.speaker;
-    const all = [master, ...entry.view.clips];
-    all.forEach((v, i) => {
+    const clips = entry.view.clips;
+    entry.held = new Set(); // candidates the speaker waits for
+    entry.holding = false;
+    entry.heldSince = 0;
+    [master, ...clips].forEach((v, i) => {
       ["play", "pause", "seeking", "waiting", "stalled", "ended", "error"].forEach((type) =>
         v.addEventListener(type, () => {
-          if (current === entry) log(entry, type === "waiting" ? "stall" : type, i, v);
+          if (current !== entry) return;
+          // The speaker's pause and play around a hold are logged as hold and resume, and the
+          // pause that comes with the end is no pause of the rater's.
+          if (i === 0 && entry.holding && (type === "pause" || type === "play")) return;
+          if (type === "pause" && v.ended) return;
+          log(entry, type === "waiting" ? "stall" : type, i, v);
         }));
     });
-    master.addEventListener("play", () => entry.view.clips.forEach((c) => {
-      c.currentTime = master.currentTime;
+    const follow = () => clips.forEach((c) => {
+      if (c.ended && master.currentTime < c.duration - 0.05) c.currentTime = master.currentTime;
+      else if (Math.abs(c.currentTime - master.currentTime) > JUMP_S) c.currentTime = master.currentTime;
+      c.playbackRate = 1;
       c.play().catch(() => {});
-    }));
-    master.addEventListener("pause", () => entry.view.clips.forEach((c) => c.pause()));
-    master.addEventListener("seeked", () => entry.view.clips.forEach((c) => {
-      c.currentTime = master.currentTime;
-    }));
+    });
+    master.addEventListener("play", () => { if (current === entry) playLabel("pause"); });
+    master.addEventListener("playing", () => {
+      if (entry.holding) { entry.holding = false; entry.held.clear(); }
+      follow();
+    });
+    master.addEventListener("waiting", () => clips.forEach((c) => c.pause()));
+    master.addEventListener("pause", () => {
+      clips.forEach((c) => c.pause());
+      if (current === entry && !entry.holding && !master.ended) playLabel("play");
+    });
+    master.addEventListener("seeked", () => clips.forEach((c) => { c.currentTime = master.currentTime; }));
     master.addEventListener("ended", () => {
-      entry.view.clips.forEach((c) => c.pause());
-      $("#play").textContent = "↻ Replay";
-      $("#play").append(" ", kbd("space"));
+      clips.forEach((c) => c.pause());
+      if (current !== entry) return;
+      playLabel("replay");
       if (!entry.viewed) {
         entry.viewed = true;
         entry.unlockedAt = performance.now();
@@ -133,19 +188,45 @@
         $("#watch-hint").hidden = true;
       }
     });
-    // A candidate that stalls holds the clock until it can play again.
-    entry.view.clips.forEach((c) => {
-      c.addEventListener("waiting", () => { if (!master.paused) { entry.heldBy = c; master.pause(); } });
+    const release = () => {
+      entry.holding = false;
+      entry.held.clear();
+      log(entry, "resume", 0, master);
+      master.play().catch(() => {});
+    };
+    clips.forEach((c, i) => {
+      c.addEventListener("waiting", () => {
+        if (current !== entry || master.paused || master.ended) return;
+        entry.held.add(c);
+        if (!entry.holding) {
+          entry.holding = true;
+          entry.heldSince = performance.now();
+          log(entry, "hold", i + 1, c);
+          master.pause();
+        }
+      });
       c.addEventListener("canplay", () => {
-        if (entry.heldBy === c) { entry.heldBy = null; master.play().catch(() => {}); }
+        entry.held.delete(c);
+        if (entry.holding && !entry.held.size) release();
       });
     });
     const tick = () => {
       if (current !== entry) return;
-      if (!master.paused) {
-        entry.view.clips.forEach((c) => {
-          if (!c.ended && Math.abs(c.currentTime - master.currentTime) > DRIFT_S) {
+      if (entry.holding) {
+        // canplay does not come when the data never ran out; give up on a stuck hold.
+        const ready = [...entry.held].every((c) => c.readyState >= 3);
+        if (ready || performance.now() - entry.heldSince > HOLD_MAX_MS) release();
+      } else if (!master.paused && !master.seeking && master.readyState >= 3) {
+        clips.forEach((c) => {
+          if (c.ended || c.paused || c.seeking) return;
+          const d = c.currentTime - master.currentTime;
+          if (Math.abs(d) > JUMP_S) {
+            c.playbackRate = 1;
             c.currentTime = master.currentTime;
+          } else if (Math.abs(d) > DRIFT_S) {
+            c.playbackRate = Math.min(1.25, Math.max(0.75, 1 - 2 * d));
+          } else if (Math.abs(d) < DRIFT_S / 2 && c.playbackRate !== 1) {
+            c.playbackRate = 1;
           }
         });
       }
@@ -157,19 +238,20 @@
   function togglePlay() {
     if (!current) return;
     const master = current.view.speaker;
-    if (master.ended || (master.paused && master.currentTime >= master.duration - 0.01)) {
+    if (current.holding) { // waiting for a candidate: the rater wants it paused
+      current.holding = false;
+      current.held.clear();
+      log(current, "pause", 0, master);
+      playLabel("play");
+    } else if (master.ended || (master.paused && master.currentTime >= master.duration - 0.01)) {
       log(current, "replay", 0, master);
       master.currentTime = 0;
       current.view.clips.forEach((c) => { c.currentTime = 0; });
       master.play().catch(() => {});
     } else if (master.paused) {
       master.play().catch(() => {});
-      $("#play").textContent = "❚❚ Pause";
-      $("#play").append(" ", kbd("space"));
     } else {
       master.pause();
-      $("#play").textContent = "▶ Play";
-      $("#play").append(" ", kbd("space"));
     }
   }
 
@@ -259,10 +341,15 @@
       return q ? { dropped: q.droppedVideoFrames, total: q.totalVideoFrames } : null;
     });
     const count = (type) => entry.events.filter((e) => e.e === type && e.v === 0).length;
+    // A long session (many replays, a poor connection) is kept to its start and its end.
+    const ev = entry.events;
+    const half = MAX_EVENTS / 2;
+    const events = ev.length <= MAX_EVENTS ? ev : ev.slice(0, half).concat(ev.slice(-half));
     return {
-      events: entry.events.slice(0, 1500),
+      events, events_dropped: ev.length - events.length,
       plays: count("play"), pauses: count("pause"), seeks: count("seeking"),
       replays: count("replay"), stalls: entry.events.filter((e) => e.e === "stall").length,
+      holds: entry.events.filter((e) => e.e === "hold").length,
       quality,
     };
   }
@@ -304,7 +391,7 @@
     let delay = 1000;
     for (;;) {
       const queue = pending();
-      if (!queue.length) { banner(""); return; }
+      if (!queue.length) return;
       const item = queue[0];
       let res = null;
       try {
@@ -313,6 +400,7 @@
         res = null;
       }
       if (res && res.status < 500) {
+        connectionBack();
         localStorage.setItem(pendingKey, JSON.stringify(pending().slice(1)));
         if (res.status === 409 && res.data && res.data.error === "already_answered") {
           banner("That item was already answered (in another tab?). Here is the next one.", "info");
@@ -324,8 +412,8 @@
         delay = 1000;
         continue;
       }
-      banner("Connection lost. Your answer is kept and will be sent when the connection is back…", "error");
-      await new Promise((r) => setTimeout(r, delay));
+      connectionLost("Connection lost. Your answer is kept and will be sent when the connection is back…");
+      await retryPause(delay);
       delay = Math.min(delay * 2, 15000);
     }
   }
@@ -347,9 +435,10 @@
     for (let delay = 1000; ; delay = Math.min(delay * 2, 15000)) {
       try { res = await post(cfg.api.next); } catch (e) { res = null; }
       if (res && res.status < 500) break;
-      banner("Connection lost. Trying again…", "error");
-      await new Promise((r) => setTimeout(r, delay));
+      connectionLost("Connection lost. Trying again…");
+      await retryPause(delay);
     }
+    connectionBack();
     if (res.status !== 200) {
       finish("Cannot continue", (res.data && res.data.detail) || "Please reload the page.");
       return;
