@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from django.core import signing
 from django.db.models import Count, Q, QuerySet
 from django.urls import reverse
@@ -98,11 +100,13 @@ def media_token_read(token: str, *, max_age: int) -> tuple[str, int, str]:
     return str(data["a"]), int(data["s"]), part
 
 
-def _media(assignment: Assignment, position: int) -> dict:
-    def url(part: str) -> str:
-        return reverse("annotation:media", kwargs={"token": media_token(assignment, position,
-                                                                        part)})
-    return {"video": url("video"), "poster": url("poster")}
+def _media(assignment: Assignment, position: int, url: str) -> dict:
+    def one(part: str) -> str:
+        return url.replace(_PLACEHOLDER, quote(media_token(assignment, position, part), safe=":"))
+    return {"video": one("video"), "poster": one("poster")}
+
+
+_PLACEHOLDER = "__media__"  # stands for the signed handle in the resolved URL
 
 
 def assignments_payload(assignments: list[Assignment]) -> list[dict]:
@@ -110,16 +114,16 @@ def assignments_payload(assignments: list[Assignment]) -> list[dict]:
     source, candidate, clip or episode id leaves the server."""
     if not assignments:
         return []
-    counts = {a.item_id for a in assignments}
-    sizes = dict(Item.objects.filter(pk__in=counts).values_list("pk", "size"))
+    # One URL resolution for all the files (each costs more than signing a token).
+    url = reverse("annotation:media", kwargs={"token": _PLACEHOLDER})
     now = timezone.now()
     out = []
     for a in assignments:
-        size = sizes[a.item_id]
+        size = len(a.order)  # the permutation shown: one position per slot of the item
         out.append({
             "id": str(a.token),
-            "speaker": _media(a, -1),
-            "clips": [_media(a, position) for position in range(size)],
+            "speaker": _media(a, -1, url),
+            "clips": [_media(a, position, url) for position in range(size)],
             "expires_in": max(0, int((a.expires_at - now).total_seconds())),
         })
     return out

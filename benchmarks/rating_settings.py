@@ -1,5 +1,6 @@
 """Settings for the server that ``python -m benchmarks.rating`` measures: the project's own
-settings (config/settings.py, from the same environment) plus one measuring middleware.
+settings (config/settings.py, from the same environment) plus one measuring middleware and one
+do-nothing view (``/bench/floor/drf/``, for the cost of the framework itself).
 
 The middleware adds a header ``X-Bench: <µs in the worker>;<queries>;<µs in the database>`` to
 every response, so the load generator can split each request's time into the time spent waiting
@@ -15,6 +16,8 @@ from config.settings import *  # noqa: F403
 from config.settings import MIDDLEWARE
 
 MIDDLEWARE = ["benchmarks.rating_settings.timing_middleware", *MIDDLEWARE]
+# The project's URLs and a do-nothing view for the framework's floor (see rating.py).
+ROOT_URLCONF = "benchmarks.rating"
 
 
 def timing_middleware(get_response):

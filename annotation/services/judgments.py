@@ -50,20 +50,34 @@ def _bad(message: str) -> LeaseError:
 
 
 def _check_playback(playback: object) -> dict:
+    """The playback evidence as stored. An event log too long to keep is cut to its first and
+    last events (``events_cut`` says how many went) rather than refused: losing a rater's
+    answer over its evidence would be worse. Anything else out of shape is refused."""
     if playback is None:
         return {}
     if not isinstance(playback, dict):
         raise _bad("playback: expected an object")
+    events = playback.get("events", [])
+    if not isinstance(events, list):
+        raise _bad("playback.events: expected a list of events")
     try:
         size = len(json.dumps(playback, allow_nan=False))
     except ValueError:
         raise _bad("playback: numbers must be finite") from None
+    keep = min(len(events), MAX_EVENTS)
+    cut = playback
+    while True:
+        if keep < len(events):
+            tail = events[len(events) - keep // 2:] if keep // 2 else []
+            cut = {**playback, "events": events[: keep - keep // 2] + tail,
+                   "events_cut": len(events) - keep}
+            size = len(json.dumps(cut))
+        if size <= MAX_PLAYBACK_BYTES or keep == 0:
+            break
+        keep //= 2
     if size > MAX_PLAYBACK_BYTES:
-        raise _bad(f"playback: {size} bytes, at most {MAX_PLAYBACK_BYTES}")
-    events = playback.get("events", [])
-    if not isinstance(events, list) or len(events) > MAX_EVENTS:
-        raise _bad(f"playback.events: expected a list of at most {MAX_EVENTS} events")
-    return playback
+        raise _bad(f"playback: {size} bytes without its events, at most {MAX_PLAYBACK_BYTES}")
+    return cut
 
 
 def _pairwise(assignment: Assignment, choice: object, strength: object, reasons: object
@@ -92,7 +106,7 @@ def _pairwise(assignment: Assignment, choice: object, strength: object, reasons:
 
 def _group(assignment: Assignment, scores: object) -> list[dict[str, int]]:
     """Scores arrive in the order shown; they are stored in the item's slot order."""
-    size = assignment.item.size
+    size = len(assignment.order)  # one position per slot of the item
     if not isinstance(scores, list) or len(scores) != size:
         raise _bad(f"scores: expected a list of {size} score sets, one per clip shown")
     by_slot: list[dict[str, int] | None] = [None] * size
@@ -158,15 +172,14 @@ def judgment_submit(
                 return Submitted(stored, created=False)
             raise
         if assignment.probe == Probe.NONE:
-            # Take the item's lock (leasing holds it while counting live leases) and only then
-            # look at the clock: a lease that a concurrent leaser already saw as expired is
-            # refused here, so judgments + live leases never exceed the overlap.
-            list(Item.objects.select_for_update().filter(pk=assignment.item_id).values_list("pk"))
+            # Count the answer on the item, which takes the item's lock (leasing holds it while
+            # counting live leases), and only then look at the clock: a lease that a concurrent
+            # leaser already saw as expired is refused here (and the count rolled back), so
+            # judgments + live leases never exceed the overlap.
+            Item.objects.filter(pk=assignment.item_id).update(n_judgments=F("n_judgments") + 1)
             if assignment.expires_at <= timezone.now():
                 raise LeaseError(410, "lease_expired", "the lease on this item expired; load "
                                                        "the next item")
-        if Judgment.objects.filter(idempotency_key=key).exists():
-            raise LeaseError(409, "key_reused", "idempotency_key: already used for another item")
         campaign = assignment.campaign
         fields: dict = {"scores": None, "choice": "", "outcome": "", "strength": None,
                         "reasons": []}
@@ -181,18 +194,20 @@ def judgment_submit(
             fields["scores"] = _group(assignment, scores)
         qc = _qc(assignment, fields["outcome"])
         try:
-            with transaction.atomic():
+            # No savepoint: a refused insert ends the whole transaction (the count above too).
+            with transaction.atomic(savepoint=False):
                 judgment = Judgment.objects.create(
                     idempotency_key=key, assignment=assignment, campaign=campaign,
-                    item=assignment.item, rater=rater, probe=assignment.probe,
+                    item_id=assignment.item_id, rater=rater, probe=assignment.probe,
                     order=assignment.order, decision_ms=decision_ms, viewing_ms=viewing_ms,
                     playback=playback, qc=qc, **fields,
                 )
         except IntegrityError:
-            raise LeaseError(409, "key_reused", "idempotency_key: already used") from None
+            # The assignment is locked and live, so only the key can collide: it was used
+            # for another lease (the same lease's retry was answered above).
+            raise LeaseError(409, "key_reused",
+                             "idempotency_key: already used for another item") from None
         Assignment.objects.filter(pk=assignment.pk).update(status=AssignmentStatus.SUBMITTED)
-        if assignment.probe == Probe.NONE:
-            Item.objects.filter(pk=assignment.item_id).update(n_judgments=F("n_judgments") + 1)
         _count(campaign, rater, qc)
     return Submitted(judgment, created=True)
 

@@ -76,6 +76,7 @@ def test_forged_and_replayed_submissions_are_refused(lease, case, status):
     ({"playback": {"events": [{"t": float("nan")}]}}, "finite"),
     ({"playback": {"blob": "x" * 70_000}}, "bytes"),
     ({"playback": {"events": "lots"}}, "events"),
+    ({"playback": {"events": [{"t": 1}] * 10, "note": "x" * 70_000}}, "without its events"),
     ({"playback": [1, 2]}, "object"),
 ])
 def test_malformed_submissions_store_nothing(lease, change, message):
@@ -105,3 +106,13 @@ def test_group_scores_are_stored_in_slot_order_and_give_pairs(corpus):
         judgment_submit(rater=user, token=str(b.token), idempotency_key=uuid.uuid4(),
                         scores=shown[:2], decision_ms=5)
     assert json.dumps(j.scores)
+
+
+def test_an_overlong_event_log_is_cut_not_refused(lease):
+    _, user, _, a = lease
+    events = [{"t": i, "e": "seeking", "v": 1, "p": i / 30} for i in range(5000)]
+    j = submit(user, a, playback={"events": events, "plays": 1}).judgment
+    kept = j.playback["events"]
+    assert j.playback["events_cut"] == 5000 - len(kept) > 0
+    assert kept[0]["t"] == 0 and kept[-1]["t"] == 4999  # the first and the last are kept
+    assert len(json.dumps(j.playback)) <= 64 * 1024

@@ -174,3 +174,19 @@ def test_active_order_serves_uncertain_items_first(corpus):
 def test_bradley_terry_orders_players_by_wins():
     r = bradley_terry({("a", "b"): 8, ("b", "a"): 2, ("b", "c"): 8, ("c", "b"): 2})
     assert r["a"] > r["b"] > r["c"]
+
+
+def test_items_held_by_other_raters_leases_do_not_end_the_campaign_early(corpus):
+    # given overlap 1 and three raters holding two leases each on the first items in order
+    campaign = make_campaign(corpus, overlap=1)
+    holders = enrol(campaign, 3)
+    held = set()
+    for user in holders:
+        held |= {a.item_id for a in
+                 assignments_next(rater=user, campaign_slug=campaign.slug).assignments}
+    assert len(held) == 6
+    # when one more rater asks, they still get items (the free ones), not "finished"
+    (late,) = enrol(campaign)
+    result = assignments_next(rater=late, campaign_slug=campaign.slug)
+    assert result.state == "rating"
+    assert {a.item_id for a in result.assignments}.isdisjoint(held)
