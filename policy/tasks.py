@@ -41,6 +41,8 @@ TRAIN_TIME_LIMIT_S = 8 * 3600
     ignore_result=True,
 )
 def train_policy_task(run_id: int) -> None:
+    # On a host with several GPUs the service launches torchrun (one process per GPU) and waits
+    # for it; a time limit stops the whole launch (policy.ml.distributed.launch).
     from policy.services.training import training_run_execute
 
     training_run_execute(run_id=run_id)

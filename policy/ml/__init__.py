@@ -9,6 +9,8 @@
 | model         | VLA: speaker encoders, causal transformer, per-dimension bin heads, cache   |
 | policy        | Policy = model + tokenizer + config; prepare() and sample()                 |
 | train         | train(): SFT loss, AdamW + cosine, bf16 on CUDA, exact resume               |
+| distributed   | data-parallel layer: torchrun env, process group, DDP, shards, launch()     |
+| train_dist    | SFT as a torchrun program; train_with_torchrun() for the gpu worker         |
 | sample        | sample(): K candidates per episode, closed loop, reproducible per seed      |
 | checkpoint    | save_checkpoint / load_checkpoint / load_policy / file_sha256               |
 | metrics       | L2, FD, P-FD, variance, SI-diversity, FRDiv, FRVar, FRSyn (NumPy)           |

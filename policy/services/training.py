@@ -51,6 +51,36 @@ def _configs(config: dict) -> tuple[Any, Any]:
     return model, train
 
 
+def _check_distributed(config: dict) -> None:
+    want, nproc = config.get("distributed", "auto"), config.get("nproc")
+    if want not in (True, False, "auto"):
+        raise TrainingError(f"config.distributed must be true, false or 'auto', got {want!r}")
+    if nproc is not None and (type(nproc) is not int or nproc < 1):
+        raise TrainingError(f"config.nproc must be a positive integer, got {nproc!r}")
+
+
+def _processes(config: dict, train_cfg: Any) -> int:
+    """Training processes for a run, 0 meaning "in this process" (no torchrun).
+
+    ``distributed``: "auto" (default) launches torchrun with one process per GPU when the run
+    trains on CUDA and the worker sees more than one (or with ``nproc`` processes when the
+    config names it); true always launches torchrun, with ``nproc`` processes (default one per
+    GPU; a CPU run uses gloo); false never does.
+    """
+    import torch
+
+    _check_distributed(config)
+    want, nproc = config.get("distributed", "auto"), config.get("nproc")
+    cuda = train_cfg.device == "auto" or train_cfg.device.startswith("cuda")
+    gpus = torch.cuda.device_count() if cuda else 0  # NVML: no CUDA context in this process
+    if want is False or (want == "auto" and nproc is None and gpus < 2):
+        return 0
+    nproc = nproc or gpus or 1
+    if gpus and nproc > gpus:
+        raise TrainingError(f"config.nproc is {nproc} but this worker sees {gpus} GPU(s)")
+    return nproc
+
+
 @transaction.atomic
 def training_run_request(
     *,
@@ -68,6 +98,7 @@ def training_run_request(
     config = dict(config or {"preset": "demo"})
     if config.get("preset", "demo") not in PRESETS:
         raise TrainingError(f"config.preset must be one of {PRESETS}")
+    _check_distributed(config)
     run = TrainingRun.objects.create(
         kind=RunKind.SFT, dataset=dataset, config=config, version_name=version_name, created_by=user
     )
@@ -126,21 +157,38 @@ def _train(run: TrainingRun, progress_hook: Any) -> PolicyVersion:
         if progress_hook is not None:
             progress_hook(step, total, losses)
 
+    nproc = _processes(run.config, train_cfg)
     with tempfile.TemporaryDirectory(prefix=f"run{run.pk}-") as tmp:
         path = Path(tmp) / "policy.pt"
-        result = train(
-            train_eps,
-            model_cfg,
-            train_cfg,
-            val_episodes=val_eps or None,
-            checkpoint_path=path,
-            progress=progress,
-        )
+        if nproc:  # torchrun: rank 0 writes the checkpoint and progress lines, relayed here
+            from policy.ml.train_dist import train_with_torchrun
+
+            logger.info("training run %s: torchrun with %d processes", run.pk, nproc)
+            result = train_with_torchrun(
+                train_eps,
+                model_cfg,
+                train_cfg,
+                nproc=nproc,
+                val_episodes=val_eps or None,
+                checkpoint_path=path,
+                workdir=tmp,
+                progress=progress,
+            )
+        else:
+            result = train(
+                train_eps,
+                model_cfg,
+                train_cfg,
+                val_episodes=val_eps or None,
+                checkpoint_path=path,
+                progress=progress,
+            )
         sha = file_sha256(path)
         blobs.put_blob(path.read_bytes(), "pt", sha=sha)
+    where = f", {nproc} processes under torchrun" if nproc else ""
     log.append(
         f"trained {result.step} steps in {result.seconds:.1f}s "
-        f"({result.frames_per_s:.0f} frames/s); checkpoint {sha[:12]}"
+        f"({result.frames_per_s:.0f} frames/s{where}); checkpoint {sha[:12]}"
     )
 
     TrainingRun.objects.filter(pk=run.pk).update(progress=96.0, log="\n".join(log))
