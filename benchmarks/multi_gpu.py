@@ -113,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--timed-from", type=int, help="first step of the timing (20 CUDA, 6 CPU)")
     ap.add_argument("--episodes", type=int, help="training episodes (64 CUDA, 16 CPU)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per process (CPU runs)")
+    ap.add_argument("--fp32", action="store_true",
+                    help="no bf16 autocast on CUDA: curves then agree to fp32 rounding")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -129,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     timed_from = args.timed_from or (20 if gpu else 6)
     threads = 0 if gpu else args.threads
     model_cfg, train_cfg = configs(device, batch, steps, log_every)
+    if args.fp32:
+        train_cfg = dataclasses.replace(train_cfg, amp=False)
     frames_per_step = batch * model_cfg.context
 
     results: dict = {
