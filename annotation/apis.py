@@ -66,7 +66,7 @@ _ERRORS = {code: OpenApiResponse(description=text) for code, text in {
 
 
 class NextApi(APIView):
-    class OutputSerializer(serializers.Serializer):
+    class NextOutputSerializer(serializers.Serializer):
         state = serializers.ChoiceField(
             choices=["rating", "finished", "blocked", "paused", "consent"])
         done = serializers.IntegerField(help_text="items this rater has answered")
@@ -79,7 +79,7 @@ class NextApi(APIView):
             help_text="live leases, first on screen: {id, speaker: {video, poster}, "
                       "clips: [{video, poster}] in the order shown, expires_in}")
 
-    @extend_schema(request=None, responses={200: OutputSerializer, 404: _ERRORS[404]},
+    @extend_schema(request=None, responses={200: NextOutputSerializer, 404: _ERRORS[404]},
                    summary="The items to rate now (leases them)")
     def post(self, request, slug: str) -> Response:
         try:
@@ -130,7 +130,7 @@ class HeartbeatApi(APIView):
 
 
 class JudgmentApi(APIView):
-    class InputSerializer(serializers.Serializer):
+    class JudgmentInputSerializer(serializers.Serializer):
         idempotency_key = serializers.UUIDField(
             help_text="made by the browser when the rater answered; resend it on retry")
         choice = serializers.ChoiceField(choices=CHOICES, required=False,
@@ -148,15 +148,16 @@ class JudgmentApi(APIView):
         viewing_ms = serializers.IntegerField(min_value=0, required=False, default=0)
         playback = serializers.DictField(required=False)
 
-    class OutputSerializer(serializers.Serializer):
+    class JudgmentOutputSerializer(serializers.Serializer):
         stored = serializers.BooleanField(help_text="false: a retry; the earlier answer stands")
         judgment = serializers.IntegerField()
 
-    @extend_schema(request=InputSerializer,
-                   responses={201: OutputSerializer, 200: OutputSerializer, **_ERRORS},
+    @extend_schema(request=JudgmentInputSerializer,
+                   responses={201: JudgmentOutputSerializer, 200: JudgmentOutputSerializer,
+                              **_ERRORS},
                    summary="Answer a leased item (exactly once)")
     def post(self, request, token: str) -> Response:
-        data = self.InputSerializer(data=request.data)
+        data = self.JudgmentInputSerializer(data=request.data)
         if not data.is_valid():
             field, problems = next(iter(data.errors.items()))
             problem = problems[0] if isinstance(problems, list) else problems
@@ -353,19 +354,19 @@ class CampaignStatusApi(APIView):
 class InviteApi(APIView):
     permission_classes = [IsResearcher]
 
-    class InputSerializer(serializers.Serializer):
+    class InviteInputSerializer(serializers.Serializer):
         label = serializers.CharField(max_length=100, required=False, allow_blank=True)
         max_uses = serializers.IntegerField(min_value=1, required=False, allow_null=True)
         expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
-    @extend_schema(request=InputSerializer, responses={201: inline_serializer("Invite", {
+    @extend_schema(request=InviteInputSerializer, responses={201: inline_serializer("Invite", {
         "url": serializers.CharField(), "label": serializers.CharField()})},
         summary="Make an invite link for raters")
     def post(self, request, slug: str) -> Response:
         campaign = campaign_get_for(request.user, slug)
         if campaign is None:
             raise NotFound("no such campaign")
-        data = self.InputSerializer(data=request.data)
+        data = self.InviteInputSerializer(data=request.data)
         if not data.is_valid():
             return _invalid(data)
         try:

@@ -12,15 +12,10 @@ from policy.services.training import (
     training_run_execute,
     training_run_request,
 )
+from tests.policy.test_training_registry import TINY  # the same tiny model
 
 pytestmark = pytest.mark.django_db
 
-TINY = {
-    "preset": "demo",
-    "model": {"d_model": 16, "n_layers": 1, "n_heads": 2},
-    "train": {"max_steps": 4, "batch_size": 4, "log_every": 1, "warmup_steps": 1},
-    "eval_episodes": 3,
-}
 
 
 def test_a_distributed_run_trains_under_torchrun_and_registers_its_version():
