@@ -174,8 +174,8 @@ def test_wav_round_trip_and_bad_audio(tmp_path):
 
 def test_subtitle_that_wraps_onto_lines_of_different_widths_is_drawn():
     # Centred lines of unequal width give fractional text bounds in Pillow 12.
-    cue = [{"word": w, "start": 0.1 * i, "end": 0.1 * i + 0.08}
-           for i, w in enumerate(["well", "that", "is", "really", "quite", "wonderful", "news", "for", "you"])]
+    text = ["well", "that", "is", "really", "quite", "wonderful", "news", "for", "you"]
+    cue = [{"word": w, "start": 0.1 * i, "end": 0.1 * i + 0.08} for i, w in enumerate(text)]
     burner = SubtitleBurner(transcript_cues(cue), width=96, height=96, fps=10)
     frames = np.zeros((10, 96, 96, 4), np.uint8)
     burner.burn(frames, 0)
