@@ -149,13 +149,18 @@
     entry.held = new Set(); // candidates the speaker waits for
     entry.holding = false;
     entry.heldSince = 0;
+    entry.ownPauses = 0; // pause / play events the page itself caused by holding the speaker
+    entry.ownPlays = 0;
     [master, ...clips].forEach((v, i) => {
       ["play", "pause", "seeking", "waiting", "stalled", "ended", "error"].forEach((type) =>
         v.addEventListener(type, () => {
           if (current !== entry) return;
           // The speaker's pause and play around a hold are logged as hold and resume, and the
           // pause that comes with the end is no pause of the rater's.
-          if (i === 0 && entry.holding && (type === "pause" || type === "play")) return;
+          // (Counted rather than read from entry.holding: the events arrive after the calls,
+          // and a short hold may be over by the time its pause is dispatched.)
+          if (i === 0 && type === "pause" && entry.ownPauses > 0) { entry.ownPauses--; return; }
+          if (i === 0 && type === "play" && entry.ownPlays > 0) { entry.ownPlays--; return; }
           if (type === "pause" && v.ended) return;
           log(entry, type === "waiting" ? "stall" : type, i, v);
         }));
@@ -192,6 +197,7 @@
       entry.holding = false;
       entry.held.clear();
       log(entry, "resume", 0, master);
+      if (master.paused) entry.ownPlays++;
       master.play().catch(() => {});
     };
     clips.forEach((c, i) => {
@@ -202,6 +208,7 @@
           entry.holding = true;
           entry.heldSince = performance.now();
           log(entry, "hold", i + 1, c);
+          entry.ownPauses++;
           master.pause();
         }
       });
