@@ -3,7 +3,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from annotation.models import Assignment, Campaign, Enrollment, Invite, Item, Judgment
-from annotation.selectors import campaign_list_for, campaign_progress
+from annotation.selectors import campaign_list_for, campaign_summary, campaigns_with_counts
 
 
 class InviteInline(admin.TabularInline):
@@ -25,14 +25,14 @@ class CampaignAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         # Staff researchers see their own campaigns here too, not everyone's.
-        return campaign_list_for(request.user)
+        return campaigns_with_counts(campaign_list_for(request.user))
 
     def has_add_permission(self, request) -> bool:
         return False  # campaigns are made by the campaign page / API, which build their items
 
     @admin.display(description="progress")
     def progress(self, obj: Campaign) -> str:
-        p = campaign_progress(obj)
+        p = campaign_summary(obj)
         return f"{p['judgments']} / {p['judgments_needed']} ({p['percent']} %)"
 
     @admin.display(description="campaign page")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.db import transaction
 from django.db.models import ProtectedError
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
@@ -29,7 +30,8 @@ from annotation.services.campaigns import (
     campaign_set_status,
     invite_create,
 )
-from annotation.services.judgments import CHOICES, consent_give, judgment_submit
+from annotation.services.enrollment import consent_give
+from annotation.services.judgments import CHOICES, judgment_submit
 from annotation.services.scheduling import (
     LeaseError,
     assignment_heartbeat,
@@ -188,6 +190,8 @@ class CampaignOutput(serializers.Serializer):
     gold_rate = serializers.FloatField()
     catch_rate = serializers.FloatField()
     repeat_rate = serializers.FloatField()
+    warn_after = serializers.IntegerField()
+    block_after = serializers.IntegerField()
     ask_strength = serializers.BooleanField()
     reason_tags = serializers.JSONField()
     criteria_weights = serializers.JSONField()
@@ -221,6 +225,8 @@ class CampaignInput(serializers.Serializer):
     gold_rate = serializers.FloatField(min_value=0, max_value=0.5, default=0.1)
     catch_rate = serializers.FloatField(min_value=0, max_value=0.5, default=0.05)
     repeat_rate = serializers.FloatField(min_value=0, max_value=0.5, default=0.05)
+    warn_after = serializers.IntegerField(min_value=1, max_value=1000, default=2)
+    block_after = serializers.IntegerField(min_value=1, max_value=1000, default=5)
     ask_strength = serializers.BooleanField(default=True)
     reason_tags = serializers.ListField(child=serializers.CharField(max_length=60),
                                         required=False, max_length=20)
@@ -374,8 +380,6 @@ class InviteApi(APIView):
                                    **data.validated_data)
         except CampaignError as exc:
             return _error(400, "invalid", str(exc))
-        from django.urls import reverse
-
         url = request.build_absolute_uri(reverse("annotation:invite", args=[invite.token]))
         return Response({"url": url, "label": invite.label}, status=201)
 

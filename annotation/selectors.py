@@ -5,7 +5,8 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from django.core import signing
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 
@@ -36,6 +37,27 @@ def campaign_list_for(user) -> QuerySet[Campaign]:
     return qs.none()
 
 
+def campaigns_with_counts(qs: QuerySet[Campaign]) -> QuerySet[Campaign]:
+    """Each campaign with its regular items, regular judgments and raters counted in the same
+    query (lists show many campaigns; ``campaign_progress`` is for one)."""
+    def count(model, **filters):
+        rows = (model.objects.filter(campaign=OuterRef("pk"), **filters).order_by()
+                .values("campaign").annotate(n=Count("id")).values("n"))
+        return Coalesce(Subquery(rows), 0)
+
+    return qs.annotate(n_items=count(Item, probe=Probe.NONE),
+                       n_judgments=count(Judgment, probe=Probe.NONE),
+                       n_raters=count(Enrollment))
+
+
+def campaign_summary(campaign: Campaign) -> dict:
+    """Judgments against what is needed, from a campaign of ``campaigns_with_counts``."""
+    needed = campaign.n_items * campaign.overlap
+    done = campaign.n_judgments
+    return {"judgments": done, "judgments_needed": needed, "raters": campaign.n_raters,
+            "percent": round(100.0 * min(done, needed) / needed, 1) if needed else 0.0}
+
+
 def campaign_get_for(user, slug: str) -> Campaign | None:
     return campaign_list_for(user).filter(slug=slug).first()
 
@@ -50,13 +72,15 @@ def campaign_progress(campaign: Campaign) -> dict:
     complete = regular.filter(n_judgments__gte=campaign.overlap).count()
     live = Assignment.objects.filter(campaign=campaign, status=AssignmentStatus.ACTIVE,
                                      expires_at__gt=timezone.now()).count()
+    counts = {row["probe"]: row for row in (
+        Judgment.objects.filter(campaign=campaign).exclude(probe=Probe.NONE).values("probe")
+        .annotate(answered=Count("id"), passed=Count("id", filter=Q(qc__passed=True))))}
     probes = {}
     for probe in (Probe.GOLD, Probe.CATCH, Probe.REPEAT):
-        rows = list(Judgment.objects.filter(campaign=campaign, probe=probe)
-                    .values_list("qc", flat=True))
-        passed = sum(1 for qc in rows if qc.get("passed"))
-        probes[probe.value] = {"answered": len(rows), "passed": passed,
-                               "rate": round(passed / len(rows), 3) if rows else None}
+        row = counts.get(probe.value, {"answered": 0, "passed": 0})
+        answered, passed = row["answered"], row["passed"]
+        probes[probe.value] = {"answered": answered, "passed": passed,
+                               "rate": round(passed / answered, 3) if answered else None}
     raters = Enrollment.objects.filter(campaign=campaign).aggregate(
         enrolled=Count("id"), finished=Count("id", filter=Q(finished_at__isnull=False)),
         blocked=Count("id", filter=Q(blocked=True)),

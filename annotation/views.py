@@ -11,6 +11,7 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core import signing
+from django.db.models import Count
 from django.db.models.functions import TruncMinute
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import redirect, render
@@ -24,6 +25,8 @@ from annotation.selectors import (
     campaign_get_for,
     campaign_list_for,
     campaign_progress,
+    campaign_summary,
+    campaigns_with_counts,
     exposure_clip,
     media_token_read,
     rater_rows,
@@ -34,10 +37,10 @@ from annotation.services.campaigns import (
     campaign_set_status,
     invite_create,
 )
-from annotation.services.enrollment import InviteError, invite_accept
-from annotation.services.judgments import consent_give
+from annotation.services.enrollment import InviteError, consent_give, invite_accept
 from annotation.services.scheduling import LeaseError, enrollment_for
 from policy.plots import bar_plot_svg, line_plot_svg
+from rendering.models import ClipStatus
 from rendering.views import clip_file_response
 
 CROWD_EXTRA = ("STUDY_ID", "SESSION_ID")
@@ -121,7 +124,7 @@ def media(request: HttpRequest, token: str) -> HttpResponse:
         raise Http404("no such clip") from None
     clip = exposure_clip(rater=request.user, assignment_token=assignment_token,
                          position=position)
-    if clip is None or clip.status != "succeeded":
+    if clip is None or clip.status != ClipStatus.SUCCEEDED:
         raise Http404("no such clip")
     return clip_file_response(request, clip, part)
 
@@ -139,7 +142,8 @@ def _researcher(request: HttpRequest) -> HttpResponse | None:
 def campaign_list(request: HttpRequest) -> HttpResponse:
     if (denied := _researcher(request)) is not None:
         return denied
-    rows = [(c, campaign_progress(c)) for c in campaign_list_for(request.user)]
+    rows = [(c, campaign_summary(c))
+            for c in campaigns_with_counts(campaign_list_for(request.user))]
     return render(request, "annotation/campaign_list.html", {"rows": rows})
 
 
@@ -198,15 +202,14 @@ def campaign_detail(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _judgments_plot(campaign) -> str:
-    per_minute = (Judgment.objects.filter(campaign=campaign)
-                  .annotate(m=TruncMinute("created_at")).values_list("m", flat=True)
-                  .order_by("m"))
-    times = list(per_minute)
-    if len(times) < 2:
+    rows = list(Judgment.objects.filter(campaign=campaign)
+                .annotate(m=TruncMinute("created_at")).values("m").annotate(n=Count("id"))
+                .order_by("m").values_list("m", "n"))
+    if sum(n for _, n in rows) < 2:
         return ""
-    t0 = times[0]
-    minutes = np.array([(t - t0).total_seconds() / 60 for t in times])
+    t0 = rows[0][0]
+    minutes = np.array([int((m - t0).total_seconds() // 60) for m, _ in rows])
     span = int(minutes[-1]) + 1
-    counts = np.bincount(minutes.astype(int), minlength=span).cumsum().astype(float)
+    counts = np.bincount(minutes, weights=[n for _, n in rows], minlength=span).cumsum()
     return line_plot_svg({"judgments": counts}, fps=1.0, title="judgments over time (minutes)",
                          x_end_label=f"{span} min")

@@ -108,7 +108,12 @@ def build_campaign(*, episodes: int, items: int, seed: int) -> dict:
 
     import rendering.services
     from annotation.models import Campaign, Item, Probe
-    from annotation.services.campaigns import campaign_create, campaign_set_status, invite_create
+    from annotation.services.campaigns import (
+        campaign_clip_ids,
+        campaign_create,
+        campaign_set_status,
+        invite_create,
+    )
     from policy.oracle import EpisodeContext, wrong_response
     from policy.services.candidates import candidate_store_array, candidates_ground_truth
     from policy.services.synthetic import synthetic_corpus_create
@@ -142,8 +147,7 @@ def build_campaign(*, episodes: int, items: int, seed: int) -> dict:
     campaign = build.campaign
     mp4, _ = blobs.put_blob(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64, "mp4")
     png, _ = blobs.put_blob(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32, "png")
-    ids = set(campaign.items.values_list("speaker_clip_id", flat=True))
-    ids |= set(campaign.items.values_list("members__clip_id", flat=True))
+    ids = campaign_clip_ids(campaign)
     Clip.objects.filter(pk__in=ids).update(status=ClipStatus.SUCCEEDED, mp4_sha=mp4,
                                            poster_sha=png, progress=100.0)
     campaign_set_status(campaign=campaign, status="active")

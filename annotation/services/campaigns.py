@@ -102,7 +102,7 @@ def _pools(dataset: Dataset, episodes: list[Episode], sources: list[dict]
     pools: dict[int, list[Candidate]] = {ep.pk: [] for ep in episodes}
     complete: dict[int, bool] = dict.fromkeys(pools, True)
     for flt, samples in filters:
-        rows = (Candidate.objects.filter(episode__in=episodes, **flt)
+        rows = (Candidate.objects.filter(episode__in=episodes, **flt).select_related("episode")
                 .order_by("episode_id", "source_key"))
         by_episode: dict[int, list[Candidate]] = {}
         for c in rows:
@@ -129,14 +129,15 @@ def _speaker_clip(ep: Episode, face_model: str, settings: dict) -> Clip:
                         kind=ClipKind.SPEAKER, speaker=speaker, settings=settings or None)
 
 
-def _wrong_answer(ep: Episode, gt: Candidate, rng: np.random.Generator) -> Candidate:
+def _wrong_answer(ep: Episode, face_model: str, gt: Candidate, rng: np.random.Generator
+                  ) -> Candidate:
     """A clearly wrong response for a gold item: the ground truth with the wrong valence where
     the episode's context is known (the synthetic corpus), otherwise frozen on its mean."""
     from policy.oracle import EpisodeContext, wrong_response
 
     listener = blobs.load_array(gt.array_sha)
     kind = "frozen"
-    if ep.dataset.face_model == "builtin" and ep.meta.get("sentences"):
+    if face_model == "builtin" and ep.meta.get("sentences"):
         ctx = EpisodeContext.from_meta(ep.meta, fps=ep.fps, n_frames=ep.n_frames)
         kind = "valence_swap"
         wrong = wrong_response(listener, ctx, kind, rng)
@@ -255,7 +256,8 @@ def campaign_create(
         speaker = _speaker_clip(ep, dataset.face_model, campaign.render_settings)
         gt = Candidate.objects.filter(episode=ep, source=CandidateSource.GROUND_TRUTH).first()
         if gold_rate > 0 and gt is not None:
-            add_item(ep, speaker, [gt, _wrong_answer(ep, gt, nprng)], Probe.GOLD)
+            wrong = _wrong_answer(ep, dataset.face_model, gt, nprng)
+            add_item(ep, speaker, [gt, wrong], Probe.GOLD)
             build.gold += 1
         if catch_rate > 0:
             same = pools[ep.pk][-1]
@@ -268,11 +270,17 @@ def campaign_create(
     return build
 
 
-def campaign_clip_progress(campaign: Campaign) -> tuple[int, int, int]:
-    """(succeeded, failed, total) over the clips the campaign's items need."""
+def campaign_clip_ids(campaign: Campaign) -> set[int]:
+    """Every clip the campaign's items need: candidates' and speakers'."""
     ids = set(ItemMember.objects.filter(item__campaign=campaign).values_list("clip_id", flat=True))
     ids |= set(Item.objects.filter(campaign=campaign).values_list("speaker_clip_id", flat=True))
-    statuses = list(Clip.objects.filter(pk__in=ids).values_list("status", flat=True))
+    return ids
+
+
+def campaign_clip_progress(campaign: Campaign) -> tuple[int, int, int]:
+    """(succeeded, failed, total) over the clips the campaign's items need."""
+    statuses = list(Clip.objects.filter(pk__in=campaign_clip_ids(campaign))
+                    .values_list("status", flat=True))
     return (statuses.count(ClipStatus.SUCCEEDED), statuses.count(ClipStatus.FAILED),
             len(statuses))
 

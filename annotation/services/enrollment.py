@@ -85,3 +85,9 @@ def invite_accept(*, token: str, user=None, participant: str = "", study: str = 
     role_add(rater, RATER)
     logger.info("rater %s enrolled in %s through invite %s", rater.pk, campaign.slug, invite.pk)
     return enrollment
+
+
+def consent_give(*, enrollment: Enrollment) -> None:
+    """Record the rater's consent to the campaign's terms (the first time only)."""
+    Enrollment.objects.filter(pk=enrollment.pk, consented_at=None).update(
+        consented_at=timezone.now())

@@ -241,7 +241,3 @@ def group_pairs(judgment: Judgment, weights: dict[str, float]) -> list[tuple[int
     pairs.sort(key=lambda p: (p[0] != best or p[1] != worst, -p[2]))
     return pairs
 
-
-def consent_give(*, enrollment: Enrollment) -> None:
-    Enrollment.objects.filter(pk=enrollment.pk, consented_at=None).update(
-        consented_at=timezone.now())

@@ -95,7 +95,7 @@ def candidates_generate(
         if progress is not None:
             progress(min(start + batch_episodes, len(missing)), len(missing))
     if ground_truth:
-        created += _ground_truth(episodes)
+        created += candidates_ground_truth(episodes=episodes)
     if baselines:
         created += _baselines(version, episodes, baselines, seed)
     logger.info(
@@ -121,7 +121,8 @@ def _store(rows: list[Candidate]) -> int:
         return mine.count() - before
 
 
-def _ground_truth(episodes: Sequence[Episode]) -> int:
+def candidates_ground_truth(*, episodes: Sequence[Episode]) -> int:
+    """Store each episode's own listener as its ground-truth candidate (idempotent)."""
     have = set(
         Candidate.objects.filter(episode__in=episodes, source_key="ground_truth").values_list(
             "episode_id", flat=True
@@ -196,7 +197,3 @@ def candidate_store_array(*, episode: Episode, baseline: str, array: np.ndarray)
     )
     return candidate
 
-
-def candidates_ground_truth(*, episodes: Sequence[Episode]) -> int:
-    """Store each episode's own listener as its ground-truth candidate (idempotent)."""
-    return _ground_truth(episodes)

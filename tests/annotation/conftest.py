@@ -8,7 +8,12 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from annotation.models import Campaign
-from annotation.services.campaigns import campaign_create, campaign_set_status, invite_create
+from annotation.services.campaigns import (
+    campaign_clip_ids,
+    campaign_create,
+    campaign_set_status,
+    invite_create,
+)
 from annotation.services.enrollment import invite_accept
 from policy.models import Dataset
 from policy.oracle import EpisodeContext, wrong_response
@@ -39,10 +44,8 @@ def fake_render(campaign: Campaign) -> None:
     """Mark every clip the campaign needs as rendered, with small stand-in files."""
     mp4, _ = blobs.put_blob(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64, "mp4")
     png, _ = blobs.put_blob(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32, "png")
-    ids = set(campaign.items.values_list("speaker_clip_id", flat=True))
-    ids |= set(campaign.items.values_list("members__clip_id", flat=True))
-    Clip.objects.filter(pk__in=ids).update(status=ClipStatus.SUCCEEDED, mp4_sha=mp4,
-                                           poster_sha=png, progress=100.0)
+    Clip.objects.filter(pk__in=campaign_clip_ids(campaign)).update(
+        status=ClipStatus.SUCCEEDED, mp4_sha=mp4, poster_sha=png, progress=100.0)
 
 
 def make_campaign(dataset: Dataset | None = None, *, slug: str = "study", start: bool = True,

@@ -126,6 +126,9 @@ def test_campaign_crud_through_the_api(corpus, researcher):
     res = c.patch(reverse("annotation:api-campaign", args=["api-study"]),
                   {"instructions": "Watch closely."}, content_type="application/json")
     assert res.json()["instructions"] == "Watch closely."
+    res = c.patch(reverse("annotation:api-campaign", args=["api-study"]), {"block_after": 9},
+                  content_type="application/json")
+    assert res.json()["block_after"] == 9
     res = c.patch(reverse("annotation:api-campaign", args=["api-study"]), {"overlap": 9},
                   content_type="application/json")
     assert res.status_code == 400 and "overlap" in res.json()["detail"]

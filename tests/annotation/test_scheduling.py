@@ -4,6 +4,7 @@ import pytest
 from django.utils import timezone
 
 from annotation.models import Assignment, AssignmentStatus, Item, Judgment, Probe
+from annotation.selectors import campaign_progress
 from annotation.services.judgments import judgment_submit
 from annotation.services.ordering import bradley_terry, campaign_reprioritise
 from annotation.services.scheduling import (
@@ -139,6 +140,10 @@ def test_probes_are_mixed_in_and_scored(corpus):
     probes = Judgment.objects.exclude(probe=Probe.NONE)
     assert {j.probe for j in probes} == {"gold", "catch", "repeat"}
     assert all(j.qc["passed"] for j in probes)
+    summary = campaign_progress(campaign)["probes"]
+    for name in ("gold", "catch", "repeat"):
+        answered = probes.filter(probe=name).count()
+        assert summary[name] == {"answered": answered, "passed": answered, "rate": 1.0}
     # probes never count toward an item's overlap
     for item in Item.objects.filter(probe=Probe.NONE):
         assert item.n_judgments == Judgment.objects.filter(item=item, probe=Probe.NONE).count()

@@ -14,9 +14,10 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
-from annotation.models import Campaign, Item, ItemMember
+from annotation.models import Campaign
 from annotation.services.campaigns import (
     CampaignError,
+    campaign_clip_ids,
     campaign_create,
     campaign_set_status,
     invite_create,
@@ -123,10 +124,7 @@ class Command(BaseCommand):
 
         from rendering.services import clip_render
 
-        ids = set(ItemMember.objects.filter(item__campaign=campaign).values_list("clip_id",
-                                                                                 flat=True))
-        ids |= set(Item.objects.filter(campaign=campaign).values_list("speaker_clip_id",
-                                                                      flat=True))
+        ids = campaign_clip_ids(campaign)
         todo = list(Clip.objects.filter(pk__in=ids, status=ClipStatus.QUEUED)
                     .values_list("pk", flat=True))
         for clip_id in tqdm(todo, unit="clip", desc="render", disable=quiet):
