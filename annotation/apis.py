@@ -6,13 +6,19 @@ queryset is scoped to the caller (``annotation.selectors``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from django.core import signing
 from django.db import transaction
 from django.db.models import ProtectedError
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework.exceptions import AuthenticationFailed, NotFound
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -30,10 +36,11 @@ from annotation.services.campaigns import (
     campaign_set_status,
     invite_create,
 )
-from annotation.services.enrollment import consent_give
+from annotation.services.enrollment import consent_give, rater_token_read
 from annotation.services.judgments import CHOICES, judgment_submit
 from annotation.services.scheduling import (
     LeaseError,
+    NextResult,
     assignment_heartbeat,
     assignments_next,
     enrollment_for,
@@ -67,42 +74,94 @@ _ERRORS = {code: OpenApiResponse(description=text) for code, text in {
 }.items()}
 
 
-class NextApi(APIView):
-    class NextOutputSerializer(serializers.Serializer):
-        state = serializers.ChoiceField(
-            choices=["rating", "finished", "blocked", "paused", "consent"])
-        done = serializers.IntegerField(help_text="items this rater has answered")
-        quota = serializers.IntegerField(help_text="items one rater answers at most")
-        warning = serializers.CharField(allow_blank=True)
-        completion_code = serializers.CharField(allow_blank=True)
-        completion_url = serializers.CharField(allow_blank=True)
-        assignments = serializers.ListField(
-            child=serializers.DictField(),
-            help_text="live leases, first on screen: {id, speaker: {video, poster}, "
-                      "clips: [{video, poster}] in the order shown, expires_in}")
+class RaterTokenAuthentication(BaseAuthentication):
+    """``Authorization: Rater <token>``: the rater page's credential for the rating calls (see
+    ``rater_token_make``). Checked without touching the database; the session still works for
+    other clients (then with the CSRF token, as DRF's session authentication requires)."""
 
+    keyword = "Rater"
+
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header.startswith(self.keyword + " "):
+            return None
+        try:
+            rater_id, campaign_id = rater_token_read(header[len(self.keyword) + 1:].strip())
+        except signing.SignatureExpired:
+            raise AuthenticationFailed("the rating session expired; reload the page",
+                                       code="token_expired") from None
+        except signing.BadSignature:
+            raise AuthenticationFailed("not a valid rater token", code="bad_token") from None
+        return RaterPrincipal(rater_id, campaign_id), None
+
+    def authenticate_header(self, request) -> str:
+        return self.keyword
+
+
+@dataclass(frozen=True)
+class RaterPrincipal:
+    """Who a rater token speaks for: the rating services need the rater's id, and the campaign
+    bounds what the token may touch."""
+
+    pk: int
+    campaign_id: int
+    is_authenticated = True
+    is_anonymous = False
+
+
+class RaterApi(APIView):
+    """The rating calls: the lean path (token or session, JSON in and out, nothing else)."""
+
+    authentication_classes = [RaterTokenAuthentication, SessionAuthentication]
+    parser_classes = [JSONParser]
+    renderer_classes = [JSONRenderer]
+    throttle_classes: list = []
+
+    def scope(self) -> dict:
+        """The campaign a rater token is bound to (none for a session)."""
+        return {"campaign_id": getattr(self.request.user, "campaign_id", None)}
+
+
+class NextOutputSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(
+        choices=["rating", "finished", "blocked", "paused", "consent"])
+    done = serializers.IntegerField(help_text="items this rater has answered")
+    quota = serializers.IntegerField(help_text="items one rater answers at most")
+    warning = serializers.CharField(allow_blank=True)
+    completion_code = serializers.CharField(allow_blank=True)
+    completion_url = serializers.CharField(allow_blank=True)
+    assignments = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="live leases, first on screen: {id, speaker: {video, poster}, "
+                  "clips: [{video, poster}] in the order shown, expires_in}")
+
+
+_WARNING = ("Some of your recent answers did not match the checks built into this study. "
+            "Please watch each clip to the end before answering.")
+
+
+def _next_body(result: NextResult) -> dict:
+    finished = result.state == "finished"
+    return {
+        "state": result.state,
+        "done": result.done,
+        "quota": result.quota,
+        "warning": _WARNING if result.warned else "",
+        "completion_code": result.seat.completion_code if finished else "",
+        "completion_url": result.seat.completion_url if finished else "",
+        "assignments": assignments_payload(result.assignments),
+    }
+
+
+class NextApi(RaterApi):
     @extend_schema(request=None, responses={200: NextOutputSerializer, 404: _ERRORS[404]},
                    summary="The items to rate now (leases them)")
     def post(self, request, slug: str) -> Response:
         try:
-            result = assignments_next(rater=request.user, campaign_slug=slug)
+            result = assignments_next(rater=request.user, campaign_slug=slug, **self.scope())
         except LeaseError as exc:
             return _lease_error(exc)
-        campaign, enrollment = result.enrollment.campaign, result.enrollment
-        finished = result.state == "finished"
-        warning = ""
-        if enrollment.probes_failed >= campaign.warn_after and not enrollment.blocked:
-            warning = ("Some of your recent answers did not match the checks built into this "
-                       "study. Please watch each clip to the end before answering.")
-        return Response({
-            "state": result.state,
-            "done": result.done,
-            "quota": result.quota,
-            "warning": warning,
-            "completion_code": campaign.completion_code if finished else "",
-            "completion_url": campaign.completion_url if finished else "",
-            "assignments": assignments_payload(result.assignments),
-        })
+        return Response(_next_body(result))
 
 
 class ConsentApi(APIView):
@@ -117,7 +176,7 @@ class ConsentApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class HeartbeatApi(APIView):
+class HeartbeatApi(RaterApi):
     @extend_schema(
         request=None,
         responses={200: inline_serializer("Heartbeat", {"expires_at": serializers.DateTimeField()}),
@@ -125,14 +184,20 @@ class HeartbeatApi(APIView):
         summary="Keep the rater's leases alive while clips play")
     def post(self, request, token: str) -> Response:
         try:
-            expires = assignment_heartbeat(rater=request.user, token=token)
+            expires = assignment_heartbeat(rater=request.user, token=token, **self.scope())
         except LeaseError as exc:
             return _lease_error(exc)
         return Response({"expires_at": expires})
 
 
-class JudgmentApi(APIView):
+_ANSWER_FIELDS = ("idempotency_key", "choice", "strength", "reasons", "scores", "decision_ms",
+                  "viewing_ms", "playback")
+
+
+class JudgmentApi(RaterApi):
     class JudgmentInputSerializer(serializers.Serializer):
+        """Documents the body; the service checks it (one pass, the field named on error)."""
+
         idempotency_key = serializers.UUIDField(
             help_text="made by the browser when the rater answered; resend it on retry")
         choice = serializers.ChoiceField(choices=CHOICES, required=False,
@@ -153,23 +218,31 @@ class JudgmentApi(APIView):
     class JudgmentOutputSerializer(serializers.Serializer):
         stored = serializers.BooleanField(help_text="false: a retry; the earlier answer stands")
         judgment = serializers.IntegerField()
+        next = NextOutputSerializer(
+            required=False, help_text="the rater's items now (as the next call answers), so "
+                                      "the page needs no second call")
 
     @extend_schema(request=JudgmentInputSerializer,
                    responses={201: JudgmentOutputSerializer, 200: JudgmentOutputSerializer,
                               **_ERRORS},
-                   summary="Answer a leased item (exactly once)")
+                   summary="Answer a leased item (exactly once); answers with the next items")
     def post(self, request, token: str) -> Response:
-        data = self.JudgmentInputSerializer(data=request.data)
-        if not data.is_valid():
-            field, problems = next(iter(data.errors.items()))
-            problem = problems[0] if isinstance(problems, list) else problems
-            return _error(400, "invalid", f"{field}: {problem}")
+        body = request.data
+        if not isinstance(body, dict):
+            return _error(400, "invalid", "expected a JSON object")
+        for name in ("idempotency_key", "decision_ms"):
+            if body.get(name) is None:
+                return _error(400, "invalid", f"{name}: this field is required")
+        answer = {k: body[k] for k in _ANSWER_FIELDS if body.get(k) is not None}
         try:
-            submitted = judgment_submit(rater=request.user, token=token, **data.validated_data)
+            submitted = judgment_submit(rater=request.user, token=token, top_up=True,
+                                        **answer, **self.scope())
         except LeaseError as exc:
             return _lease_error(exc)
-        return Response({"stored": submitted.created, "judgment": submitted.judgment.pk},
-                        status=201 if submitted.created else 200)
+        out = {"stored": submitted.created, "judgment": submitted.judgment.pk}
+        if submitted.next is not None:
+            out["next"] = _next_body(submitted.next)
+        return Response(out, status=201 if submitted.created else 200)
 
 
 # -- campaigns (researchers) ------------------------------------------------------------------

@@ -37,7 +37,12 @@ from annotation.services.campaigns import (
     campaign_set_status,
     invite_create,
 )
-from annotation.services.enrollment import InviteError, consent_give, invite_accept
+from annotation.services.enrollment import (
+    InviteError,
+    consent_give,
+    invite_accept,
+    rater_token_make,
+)
 from annotation.services.scheduling import LeaseError, enrollment_for
 from policy.plots import bar_plot_svg, line_plot_svg
 from rendering.models import ClipStatus
@@ -97,6 +102,8 @@ def rate(request: HttpRequest, slug: str) -> HttpResponse:
         "askStrength": campaign.ask_strength,
         "reasons": campaign.reason_tags or [],
         "heartbeatMs": max(5, campaign.lease_seconds // 4) * 1000,
+        # Sent as ``Authorization: Rater …`` with the rating calls (no session read per call).
+        "token": rater_token_make(enrollment=enrollment),
         "api": {
             "next": reverse("annotation:api-next", args=[campaign.slug]),
             "consent": reverse("annotation:api-consent", args=[campaign.slug]),

@@ -290,7 +290,7 @@ def campaign_set_status(*, campaign: Campaign, status: str) -> Campaign:
     """Start, pause, resume or close a campaign. It starts only when every clip is rendered."""
     if status not in CampaignStatus.values:
         raise CampaignError(f"status: expected one of {', '.join(CampaignStatus.values)}")
-    campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+    campaign = Campaign.objects.select_for_update(no_key=True).get(pk=campaign.pk)
     if campaign.status == CampaignStatus.CLOSED and status != CampaignStatus.CLOSED:
         raise CampaignError("status: a closed campaign stays closed")
     if status == CampaignStatus.ACTIVE:

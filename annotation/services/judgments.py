@@ -14,22 +14,31 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from annotation.models import (
     CRITERIA,
-    Assignment,
     AssignmentStatus,
-    Enrollment,
-    Item,
     Judgment,
     Probe,
     Protocol,
 )
-from annotation.services.scheduling import LeaseError, _own_live_assignment
+from annotation.services.scheduling import (
+    SEAT_COLUMNS,
+    SEAT_WIDTH,
+    LeaseError,
+    NextResult,
+    Seat,
+    _check_lease,
+    _db_now,
+    _db_uuid,
+    _dt,
+    seat_from_row,
+    seat_top_up,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +52,7 @@ MAX_MS = 24 * 3600 * 1000
 class Submitted:
     judgment: Judgment
     created: bool  # False: a retry of an answer already stored
+    next: NextResult | None = None  # the rater's leases topped up, when asked for
 
 
 def _bad(message: str) -> LeaseError:
@@ -80,33 +90,82 @@ def _check_playback(playback: object) -> dict:
     return cut
 
 
-def _pairwise(assignment: Assignment, choice: object, strength: object, reasons: object
+@dataclass
+class _Lease:
+    """The answered lease and what checking an answer needs of its campaign and rater, read
+    in one locking statement."""
+
+    id: int
+    rater_id: int
+    status: str
+    expires_at: datetime
+    item_id: int
+    probe: str
+    repeat_of_id: int | None
+    order: list[int]
+    protocol: str
+    ask_strength: bool
+    reason_tags: list[str]
+    block_after: int
+    seat: Seat
+
+
+_LEASE_FOR_ANSWER = (  # built from constants only; every value is a parameter
+    'SELECT a.id, a.rater_id, a.status, a.expires_at, a.item_id, a.probe, a.repeat_of_id, '  # noqa: S608
+    'a."order", c.protocol, c.ask_strength, c.reason_tags, c.block_after, ' + SEAT_COLUMNS +
+    " FROM annotation_assignment a JOIN annotation_campaign c ON c.id = a.campaign_id "
+    "JOIN annotation_enrollment e ON e.campaign_id = a.campaign_id AND e.rater_id = a.rater_id "
+    "JOIN auth_user u ON u.id = a.rater_id WHERE a.token = %s"
+)
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _lease_for_answer(token: str, campaign_id: int | None) -> _Lease:
+    sql = _LEASE_FOR_ANSWER
+    if connection.features.has_select_for_update_of:
+        # NO KEY: rows that merely reference the lease (checked at commit) are not held up.
+        sql += (" FOR NO KEY UPDATE OF a" if connection.features.has_select_for_no_key_update
+                else " FOR UPDATE OF a")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_db_uuid(token)])
+        row = cursor.fetchone()
+    if row is None:
+        raise LeaseError(404, "no_such_assignment", "no such assignment")
+    seat = seat_from_row(row[12:12 + SEAT_WIDTH])
+    if campaign_id is not None and seat.pk != campaign_id:
+        raise LeaseError(404, "no_such_assignment", "no such assignment")
+    return _Lease(row[0], row[1], row[2], _dt(row[3]), row[4], row[5], row[6],
+                  _json(row[7]), row[8], bool(row[9]), _json(row[10]) or [], row[11], seat)
+
+
+def _pairwise(lease: _Lease, choice: object, strength: object, reasons: object
               ) -> tuple[str, str, int | None, list[str]]:
-    campaign = assignment.campaign
     if choice not in CHOICES:
         raise _bad(f"choice: expected one of {', '.join(CHOICES)}, got {choice!r}")
     if strength is not None:
-        if not campaign.ask_strength:
+        if not lease.ask_strength:
             raise _bad("strength: this campaign does not ask for strength")
         if choice not in ("left", "right"):
             raise _bad("strength: only for a left or right choice")
         if not isinstance(strength, int) or isinstance(strength, bool) or not 1 <= strength <= 3:
             raise _bad(f"strength: expected 1, 2 or 3, got {strength!r}")
     reasons = reasons or []
-    if not isinstance(reasons, list) or any(r not in (campaign.reason_tags or [])
-                                            for r in reasons):
+    if not isinstance(reasons, list) or any(r not in lease.reason_tags for r in reasons):
         raise _bad("reasons: expected a list of this campaign's reason tags")
     if choice in ("left", "right"):
-        slot = assignment.order[0 if choice == "left" else 1]  # the item slot on that side
+        slot = lease.order[0 if choice == "left" else 1]  # the item slot on that side
         outcome = "a" if slot == 0 else "b"
     else:
         outcome = choice
     return choice, outcome, strength, sorted(set(reasons))
 
 
-def _group(assignment: Assignment, scores: object) -> list[dict[str, int]]:
+def _group(lease: _Lease, scores: object) -> list[dict[str, int]]:
     """Scores arrive in the order shown; they are stored in the item's slot order."""
-    size = len(assignment.order)  # one position per slot of the item
+    size = len(lease.order)  # one position per slot of the item
     if not isinstance(scores, list) or len(scores) != size:
         raise _bad(f"scores: expected a list of {size} score sets, one per clip shown")
     by_slot: list[dict[str, int] | None] = [None] * size
@@ -116,21 +175,39 @@ def _group(assignment: Assignment, scores: object) -> list[dict[str, int]]:
         for name, value in entry.items():
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 5:
                 raise _bad(f"scores[{position}].{name}: expected an integer 1..5, got {value!r}")
-        by_slot[assignment.order[position]] = {c: entry[c] for c in CRITERIA}
+        by_slot[lease.order[position]] = {c: entry[c] for c in CRITERIA}
     return by_slot  # type: ignore[return-value]
 
 
-def _qc(assignment: Assignment, outcome: str) -> dict:
+def _qc(lease: _Lease, outcome: str) -> dict:
     """The probe's verdict: gold items have the ground truth in slot 0."""
-    if assignment.probe == Probe.GOLD:
+    if lease.probe == Probe.GOLD:
         return {"probe": "gold", "passed": outcome == "a"}
-    if assignment.probe == Probe.CATCH:
+    if lease.probe == Probe.CATCH:
         return {"probe": "catch", "passed": outcome == "tie"}
-    if assignment.probe == Probe.REPEAT:
-        first = Judgment.objects.filter(assignment_id=assignment.repeat_of_id).values_list(
+    if lease.probe == Probe.REPEAT:
+        first = Judgment.objects.filter(assignment_id=lease.repeat_of_id).values_list(
             "outcome", flat=True).first()
         return {"probe": "repeat", "passed": first == outcome, "first": first}
     return {}
+
+
+_COUNT_ON_ITEM = "UPDATE annotation_item SET n_judgments = n_judgments + 1 WHERE id = %s"
+_INSERT = (
+    "INSERT INTO annotation_judgment (idempotency_key, assignment_id, campaign_id, item_id, "
+    'rater_id, probe, "order", choice, outcome, strength, reasons, scores, decision_ms, '
+    "viewing_ms, playback, qc, created_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+)
+_ANSWERED = "UPDATE annotation_assignment SET status = %s WHERE id = %s"
+# The rater's counters; blocked once failed probes reach the campaign's limit (the right-hand
+# sides read the row as it was before this update).
+_COUNT_ON_RATER = (
+    "UPDATE annotation_enrollment SET n_judgments = n_judgments + 1, "
+    "probes_passed = probes_passed + %s, probes_failed = probes_failed + %s, "
+    "blocked = (blocked OR probes_failed + %s >= %s) WHERE id = %s "
+    "RETURNING n_judgments, probes_failed, blocked"
+)
 
 
 def judgment_submit(
@@ -145,8 +222,15 @@ def judgment_submit(
     decision_ms: int,
     viewing_ms: int = 0,
     playback: dict | None = None,
+    campaign_id: int | None = None,
+    top_up: bool = False,
 ) -> Submitted:
     """Store the rater's answer to one lease, exactly once.
+
+    With ``top_up`` the rater's leases are topped up in the same transaction (behind a
+    savepoint, so a failure there never costs the answer) and returned as ``next``: the page
+    needs no separate call for its next item. ``campaign_id``, when given (the rater's API
+    token names it), must be the lease's.
 
     Raises ``LeaseError`` with the status to answer: 400 malformed, 403 another rater's lease,
     404 unknown lease, 409 answered already (with another key) or key reused, 410 lease expired.
@@ -161,70 +245,86 @@ def judgment_submit(
     playback = _check_playback(playback)
 
     with transaction.atomic():
+        lease = _lease_for_answer(token, campaign_id)
+        if not lease.seat.rater_active:
+            raise LeaseError(403, "account_disabled", "this account has been switched off")
         try:
-            assignment = _own_live_assignment(rater=rater, token=token, lock=True)
+            _check_lease(rater, lease.rater_id, lease.status, lease.expires_at)
         except LeaseError as exc:
             if exc.status not in (409, 410):
                 raise
             # An answered (or since expired) lease: a retry of the stored answer succeeds.
-            stored = Judgment.objects.filter(idempotency_key=key, rater=rater).first()
-            if stored is not None and str(stored.assignment.token) == str(token):
-                return Submitted(stored, created=False)
+            stored = Judgment.objects.filter(idempotency_key=key, rater_id=rater.pk,
+                                             assignment_id=lease.id).first()
+            if stored is not None:
+                return Submitted(stored, created=False,
+                                 next=seat_top_up(lease.seat) if top_up else None)
             raise
-        if assignment.probe == Probe.NONE:
-            # Count the answer on the item, which takes the item's lock (leasing holds it while
-            # counting live leases), and only then look at the clock: a lease that a concurrent
-            # leaser already saw as expired is refused here (and the count rolled back), so
-            # judgments + live leases never exceed the overlap.
-            Item.objects.filter(pk=assignment.item_id).update(n_judgments=F("n_judgments") + 1)
-            if assignment.expires_at <= timezone.now():
-                raise LeaseError(410, "lease_expired", "the lease on this item expired; load "
-                                                       "the next item")
-        campaign = assignment.campaign
         fields: dict = {"scores": None, "choice": "", "outcome": "", "strength": None,
                         "reasons": []}
-        if campaign.protocol == Protocol.PAIRWISE:
+        if lease.protocol == Protocol.PAIRWISE:
             if scores is not None:
                 raise _bad("scores: this campaign is pairwise; send a choice")
-            c, outcome, s, r = _pairwise(assignment, choice, strength, reasons)
+            c, outcome, s, r = _pairwise(lease, choice, strength, reasons)
             fields.update(choice=c, outcome=outcome, strength=s, reasons=r)
         else:
             if choice is not None:
                 raise _bad("choice: this campaign scores groups; send scores")
-            fields["scores"] = _group(assignment, scores)
-        qc = _qc(assignment, fields["outcome"])
-        try:
-            # No savepoint: a refused insert ends the whole transaction (the count above too).
-            with transaction.atomic(savepoint=False):
-                judgment = Judgment.objects.create(
-                    idempotency_key=key, assignment=assignment, campaign=campaign,
-                    item_id=assignment.item_id, rater=rater, probe=assignment.probe,
-                    order=assignment.order, decision_ms=decision_ms, viewing_ms=viewing_ms,
-                    playback=playback, qc=qc, **fields,
-                )
-        except IntegrityError:
-            # The assignment is locked and live, so only the key can collide: it was used
-            # for another lease (the same lease's retry was answered above).
-            raise LeaseError(409, "key_reused",
-                             "idempotency_key: already used for another item") from None
-        Assignment.objects.filter(pk=assignment.pk).update(status=AssignmentStatus.SUBMITTED)
-        _count(campaign, rater, qc)
-    return Submitted(judgment, created=True)
-
-
-def _count(campaign, rater, qc: dict) -> None:
-    updates: dict = {"n_judgments": F("n_judgments") + 1}
-    if "passed" in qc:
-        field = "probes_passed" if qc["passed"] else "probes_failed"
-        updates[field] = F(field) + 1
-    Enrollment.objects.filter(campaign=campaign, rater=rater).update(**updates)
-    if qc and not qc["passed"]:
-        failed = Enrollment.objects.filter(campaign=campaign, rater=rater).values_list(
-            "probes_failed", flat=True).first() or 0
-        if failed >= campaign.block_after:
-            Enrollment.objects.filter(campaign=campaign, rater=rater).update(blocked=True)
+            fields["scores"] = _group(lease, scores)
+        with connection.cursor() as cursor:
+            if lease.probe == Probe.NONE:
+                # Count the answer on the item, which takes the item's lock (leasing holds it
+                # while counting live leases), and only then look at the clock: a lease that a
+                # concurrent leaser already saw as expired is refused here (and the count
+                # rolled back), so judgments + live leases never exceed the overlap.
+                cursor.execute(_COUNT_ON_ITEM, [lease.item_id])
+                if lease.expires_at <= timezone.now():
+                    raise LeaseError(410, "lease_expired", "the lease on this item expired; "
+                                                           "load the next item")
+            qc = _qc(lease, fields["outcome"])
+            now = timezone.now()
+            judgment = Judgment(
+                idempotency_key=key, assignment_id=lease.id, campaign_id=lease.seat.pk,
+                item_id=lease.item_id, rater_id=lease.rater_id, probe=lease.probe,
+                order=lease.order, decision_ms=decision_ms, viewing_ms=viewing_ms,
+                playback=playback, qc=qc, created_at=now, **fields)
+            js = connection.ops.adapt_json_value
+            try:
+                # No savepoint: a refused insert ends the whole transaction (the count above
+                # too).
+                cursor.execute(_INSERT, [
+                    _db_uuid(key), lease.id, lease.seat.pk, lease.item_id, lease.rater_id,
+                    lease.probe, js(lease.order, None), judgment.choice, judgment.outcome,
+                    judgment.strength, js(judgment.reasons, None),
+                    None if judgment.scores is None else js(judgment.scores, None),
+                    decision_ms, viewing_ms, js(playback, None), js(qc, None), _db_now(now)])
+            except IntegrityError:
+                # The lease is locked and live, so only the key can collide: it was used for
+                # another lease (the same lease's retry was answered above).
+                raise LeaseError(409, "key_reused",
+                                 "idempotency_key: already used for another item") from None
+            judgment.pk = cursor.fetchone()[0]
+            cursor.execute(_ANSWERED, [AssignmentStatus.SUBMITTED, lease.id])
+            passed = bool(qc.get("passed"))
+            failed = "passed" in qc and not passed
+            cursor.execute(_COUNT_ON_RATER, [int(passed), int(failed), int(failed),
+                                             lease.block_after, lease.seat.enrollment_id])
+            n, n_failed, blocked = cursor.fetchone()
+        seat = lease.seat
+        if bool(blocked) and not seat.blocked:
             logger.warning("rater %s blocked in campaign %s after %d failed probes",
-                           rater.pk, campaign.slug, failed)
+                           rater.pk, seat.pk, n_failed)
+        seat.n_judgments, seat.probes_failed, seat.blocked = n, n_failed, bool(blocked)
+        following = None
+        if top_up:
+            try:
+                with transaction.atomic():
+                    following = seat_top_up(seat)
+            except DatabaseError:
+                # The answer stands; the page asks for its next item on its own.
+                logger.exception("topping up rater %s's leases after judgment %s failed",
+                                 rater.pk, judgment.pk)
+    return Submitted(judgment, created=True, next=following)
 
 
 def group_pairs(judgment: Judgment, weights: dict[str, float]) -> list[tuple[int, int, float]]:

@@ -67,7 +67,7 @@ def _p(ra: float, rb: float) -> float:
 @transaction.atomic
 def campaign_reprioritise(*, campaign_id: int) -> int:
     """Recompute the ratings and every open item's priority; returns the items updated."""
-    campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
+    campaign = Campaign.objects.select_for_update(no_key=True).filter(pk=campaign_id).first()
     if campaign is None:
         return 0
     last = Judgment.objects.filter(campaign=campaign).aggregate(m=Max("id"))["m"] or 0

@@ -12,19 +12,20 @@ abandoned page loses its items within that time (no fixed day-long locks).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from annotation.models import (
     Assignment,
     AssignmentStatus,
-    Campaign,
     CampaignStatus,
     Enrollment,
     Item,
@@ -47,12 +48,76 @@ class LeaseError(Exception):
 
 
 @dataclass
+class Seat:
+    """A rater's place in one campaign: the enrolment's counters and the campaign's rules that
+    serving needs, read in one statement (the rating calls are the hottest path of the site)."""
+
+    enrollment_id: int
+    rater_id: int
+    n_judgments: int
+    probes_failed: int
+    blocked: bool
+    consented: bool
+    finished: bool
+    pk: int  # the campaign's (the pick and the probe helpers read ``campaign.pk``)
+    status: str
+    needs_consent: bool
+    per_rater_limit: int
+    overlap: int
+    active_order: bool
+    gold_rate: float
+    catch_rate: float
+    repeat_rate: float
+    lease_seconds: int
+    warn_after: int
+    completion_code: str
+    completion_url: str
+    rater_active: bool  # the account may still sign in (admins can switch it off)
+
+
+# Shared by the seat's two readers: by campaign slug (next) and through a lease (submit).
+SEAT_COLUMNS = (
+    "e.id, e.rater_id, e.n_judgments, e.probes_failed, e.blocked, e.consented_at IS NOT NULL, "
+    "e.finished_at IS NOT NULL, c.id, c.status, c.consent_text <> '', c.per_rater_limit, "
+    "c.overlap, c.active_order, c.gold_rate, c.catch_rate, c.repeat_rate, c.lease_seconds, "
+    "c.warn_after, c.completion_code, c.completion_url, u.is_active"
+)
+SEAT_WIDTH = 21
+
+
+def seat_from_row(row) -> Seat:
+    (eid, rid, n, failed, blocked, consented, finished, cid, status, needs_consent, limit,
+     overlap, active, gold, catch, repeat, lease, warn, code, url, rater_active) = row
+    return Seat(eid, rid, n, failed, bool(blocked), bool(consented), bool(finished), cid, status,
+                bool(needs_consent), limit, overlap, bool(active), gold, catch, repeat, lease,
+                warn, code, url, bool(rater_active))
+
+
+_SEAT_BY_SLUG = (  # built from constants only; every value is a parameter
+    "SELECT " + SEAT_COLUMNS + " FROM annotation_enrollment e "  # noqa: S608
+    "JOIN annotation_campaign c ON c.id = e.campaign_id JOIN auth_user u ON u.id = e.rater_id "
+    "WHERE c.slug = %s AND e.rater_id = %s"
+)
+
+
+@dataclass
 class NextResult:
-    enrollment: Enrollment
+    seat: Seat
     assignments: list[Assignment] = field(default_factory=list)
     state: str = "rating"  # rating | finished | blocked | paused | consent
-    done: int = 0
-    quota: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.seat.n_judgments
+
+    @property
+    def quota(self) -> int:
+        return self.seat.per_rater_limit
+
+    @property
+    def warned(self) -> bool:
+        """Failed enough probes to be told to watch more carefully (but not blocked)."""
+        return self.seat.probes_failed >= self.seat.warn_after and not self.seat.blocked
 
 
 def _live(q: Q | None = None) -> Q:
@@ -65,35 +130,84 @@ def enrollment_for(*, rater, campaign_slug: str) -> Enrollment:
     enrollment = (Enrollment.objects.select_related("campaign")
                   .filter(campaign__slug=campaign_slug, rater=rater).first())
     if enrollment is None:
-        raise LeaseError(404, "not_enrolled", "you are not enrolled in this campaign; open the "
-                                              "invite link you were given")
+        raise LeaseError(404, "not_enrolled", _NOT_ENROLLED)
     return enrollment
 
 
-def assignments_next(*, rater, campaign_slug: str) -> NextResult:
+_NOT_ENROLLED = "you are not enrolled in this campaign; open the invite link you were given"
+
+
+def _dt(value) -> datetime:
+    """A datetime read by a raw statement: aware already on PostgreSQL, text on SQLite."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _db_uuid(value: uuid.UUID | str):
+    """A UUID as the database stores it (native on PostgreSQL, 32 hex digits on SQLite)."""
+    value = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    return value if connection.features.has_native_uuid_field else value.hex
+
+
+def _db_now(now: datetime | None = None):
+    return connection.ops.adapt_datetimefield_value(now or timezone.now())
+
+
+_LIVE_LEASES = (
+    'SELECT a.id, a.token, a.item_id, a.probe, a.repeat_of_id, a."order", a.leased_at, '
+    "a.expires_at FROM annotation_assignment a WHERE a.rater_id = %s AND a.campaign_id = %s "
+    "AND a.status = %s AND a.expires_at > %s ORDER BY a.leased_at, a.id"
+)
+
+
+def _live_leases(seat: Seat) -> list[Assignment]:
+    with connection.cursor() as cursor:
+        cursor.execute(_LIVE_LEASES, [seat.rater_id, seat.pk, AssignmentStatus.ACTIVE,
+                                      _db_now()])
+        rows = cursor.fetchall()
+    return [Assignment(id=pk, token=uuid.UUID(str(token)), campaign_id=seat.pk, item_id=item,
+                       rater_id=seat.rater_id, probe=probe, repeat_of_id=repeat_of,
+                       order=json.loads(order) if isinstance(order, str) else order,
+                       status=AssignmentStatus.ACTIVE, leased_at=_dt(leased),
+                       heartbeat_at=_dt(leased), expires_at=_dt(expires))
+            for pk, token, item, probe, repeat_of, order, leased, expires in rows]
+
+
+def assignments_next(*, rater, campaign_slug: str, campaign_id: int | None = None
+                     ) -> NextResult:
     """The rater's live leases in the campaign, topped up to ``PREFETCH``.
 
     Two tabs of the same rater get the same leases; a rater who closed the page and comes back
-    within the lease time finds the item they were on.
+    within the lease time finds the item they were on. ``campaign_id``, when given (the rater's
+    API token names it), must be the slug's.
     """
-    enrollment = enrollment_for(rater=rater, campaign_slug=campaign_slug)
-    campaign = enrollment.campaign
-    result = NextResult(enrollment=enrollment, done=enrollment.n_judgments,
-                        quota=campaign.per_rater_limit)
-    if campaign.consent_text and enrollment.consented_at is None:
+    with connection.cursor() as cursor:
+        cursor.execute(_SEAT_BY_SLUG, [campaign_slug, rater.pk])
+        row = cursor.fetchone()
+    if row is None or (campaign_id is not None and row[7] != campaign_id):
+        raise LeaseError(404, "not_enrolled", _NOT_ENROLLED)
+    return seat_top_up(seat_from_row(row))
+
+
+def seat_top_up(seat: Seat) -> NextResult:
+    """The seat's live leases topped up to ``PREFETCH`` (or why none are served)."""
+    result = NextResult(seat=seat)
+    if not seat.rater_active:
+        raise LeaseError(403, "account_disabled", "this account has been switched off")
+    if seat.needs_consent and not seat.consented:
         result.state = "consent"
         return result
-    if enrollment.blocked:
+    if seat.blocked:
         result.state = "blocked"
         return result
-    if campaign.status != CampaignStatus.ACTIVE:
-        result.state = "paused" if campaign.status != CampaignStatus.CLOSED else "finished"
+    if seat.status != CampaignStatus.ACTIVE:
+        result.state = "paused" if seat.status != CampaignStatus.CLOSED else "finished"
         return result
-    live = list(Assignment.objects.filter(_live(Q(rater=rater, campaign=campaign)))
-                .order_by("leased_at", "id"))
-    room = campaign.per_rater_limit - enrollment.n_judgments - len(live)
+    live = _live_leases(seat)
+    room = seat.per_rater_limit - seat.n_judgments - len(live)
     while len(live) < PREFETCH and room > 0:
-        new = _lease_one(campaign, rater, regular_only=not live and enrollment.n_judgments == 0)
+        new = _lease_one(seat, regular_only=not live and seat.n_judgments == 0)
         if new is None:
             break
         live.append(new)
@@ -101,13 +215,13 @@ def assignments_next(*, rater, campaign_slug: str) -> NextResult:
     result.assignments = live
     if not live:
         result.state = "finished"
-        if enrollment.finished_at is None:
-            Enrollment.objects.filter(pk=enrollment.pk, finished_at=None).update(
+        if not seat.finished:
+            Enrollment.objects.filter(pk=seat.enrollment_id, finished_at=None).update(
                 finished_at=timezone.now())
     return result
 
 
-def _lease_one(campaign: Campaign, rater, *, regular_only: bool) -> Assignment | None:
+def _lease_one(seat: Seat, *, regular_only: bool) -> Assignment | None:
     """One new lease: a probe at the campaign's rates, otherwise the next regular item.
 
     A rater's first item is always a regular one (a probe first would tell them what probes
@@ -116,43 +230,24 @@ def _lease_one(campaign: Campaign, rater, *, regular_only: bool) -> Assignment |
     draw = _rng.random()
     probe = None
     if not regular_only:
-        if draw < campaign.gold_rate:
+        if draw < seat.gold_rate:
             probe = Probe.GOLD
-        elif draw < campaign.gold_rate + campaign.catch_rate:
+        elif draw < seat.gold_rate + seat.catch_rate:
             probe = Probe.CATCH
-        elif draw < campaign.gold_rate + campaign.catch_rate + campaign.repeat_rate:
+        elif draw < seat.gold_rate + seat.catch_rate + seat.repeat_rate:
             probe = Probe.REPEAT
-    for _ in range(3):  # a unique-constraint race with the rater's other tab: try again
-        try:
-            with transaction.atomic():
-                # A probe takes a regular item's place, so it is served only while the rater
-                # could have had a regular one.
-                if probe is not None and _pick(campaign, rater, lock=False) is not None:
-                    probed = _lease_probe(campaign, rater, probe)
-                    if probed is not None:
-                        return probed
-                return _lease_regular(campaign, rater)
-        except IntegrityError:
-            continue
-    return None
+    with transaction.atomic():
+        # A probe takes a regular item's place, so it is served only while the rater could
+        # have had a regular one.
+        if probe is not None and _pick(seat, lock=False) is not None:
+            probed = _lease_probe(seat, probe)
+            if probed is not None:
+                return probed
+        return _lease_regular(seat)
 
 
-def _new_lease(campaign: Campaign, item_id: int, size: int, rater, *,
-               probe: str = Probe.NONE, order: list[int] | None = None,
-               repeat_of: Assignment | None = None) -> Assignment:
-    now = timezone.now()
-    if order is None:
-        order = list(range(size))
-        _rng.shuffle(order)
-    return Assignment.objects.create(
-        campaign=campaign, item_id=item_id, rater=rater, probe=probe, repeat_of=repeat_of,
-        order=order, leased_at=now, heartbeat_at=now,
-        expires_at=now + timedelta(seconds=campaign.lease_seconds),
-    )
-
-
-# The two statements that pick an item, in SQL rather than built by the ORM: they are the
-# hottest of the rating path, and building them took longer than running them. Portable
+# The statements that pick an item and lease it, in SQL rather than built by the ORM: they are
+# the hottest of the rating path, and building them took longer than running them. Portable
 # (PostgreSQL and SQLite); every value is a parameter.
 _PICK = (
     "SELECT i.id, i.size FROM annotation_item i "
@@ -163,35 +258,43 @@ _PICK = (
     "AND (SELECT COUNT(*) FROM annotation_assignment l WHERE l.item_id = i.id "
     "AND l.status = %s AND l.expires_at > %s AND l.probe <> %s) < %s - i.n_judgments"
 )
-_ROOM = (
-    "SELECT i.n_judgments + (SELECT COUNT(*) FROM annotation_assignment l "
-    "WHERE l.item_id = i.id AND l.status = %s AND l.expires_at > %s AND l.probe <> %s) "
-    "FROM annotation_item i WHERE i.id = %s"
-)
 _ORDER = {True: " ORDER BY i.priority DESC, i.n_judgments, i.shuffle LIMIT 1",
           False: " ORDER BY i.n_judgments, i.shuffle LIMIT 1"}  # by campaign.active_order
+# A new lease, written only if the item still has room: its judgments and live leases are
+# counted by this statement, a fresh snapshot taken while the pick's lock is held, so leases
+# granted by transactions that committed after the pick's snapshot are seen. A second tab of
+# the same rater that leased the item a moment earlier makes it write nothing.
+_LEASE = (
+    'INSERT INTO annotation_assignment (token, campaign_id, item_id, rater_id, probe, '
+    'repeat_of_id, "order", status, leased_at, heartbeat_at, expires_at) '
+    "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s WHERE %s OR (SELECT i.n_judgments + "
+    "(SELECT COUNT(*) FROM annotation_assignment l WHERE l.item_id = i.id AND l.status = %s "
+    "AND l.expires_at > %s AND l.probe <> %s) FROM annotation_item i WHERE i.id = %s) < %s "
+    "ON CONFLICT DO NOTHING RETURNING id"
+)
 
 
-def _live_params() -> list:
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
+def _live_params(now) -> list:
     return [AssignmentStatus.ACTIVE, now, Probe.REPEAT]
 
 
-def _pick(campaign: Campaign, rater, *, lock: bool, skip: list[int] | None = None
-          ) -> tuple[int, int] | None:
+def _pick(seat: Seat, *, lock: bool, skip: list[int] | None = None) -> tuple[int, int] | None:
     """(id, size) of the regular item to serve this rater next, in the serving order: one
     they have not seen, whose judgments and live leases (as of this statement's snapshot)
     leave room under the overlap. With ``lock`` its row is locked, skipping rows that other
     leasers hold, so raters never queue behind each other."""
     sql = _PICK
-    params = [campaign.pk, Probe.NONE, campaign.overlap, rater.pk, AssignmentStatus.ACTIVE,
-              AssignmentStatus.SUBMITTED, Probe.REPEAT, *_live_params(), campaign.overlap]
+    params = [seat.pk, Probe.NONE, seat.overlap, seat.rater_id, AssignmentStatus.ACTIVE,
+              AssignmentStatus.SUBMITTED, Probe.REPEAT, *_live_params(_db_now()), seat.overlap]
     if skip:
         sql += " AND i.id NOT IN (" + ", ".join(["%s"] * len(skip)) + ")"
         params += skip
-    sql += _ORDER[bool(campaign.active_order)]
+    sql += _ORDER[seat.active_order]
     if lock and connection.features.has_select_for_update:
-        sql += " FOR UPDATE"
+        # NO KEY: excludes other leasers and a submission's count, not commit-time checks of
+        # rows that merely reference the item.
+        sql += (" FOR NO KEY UPDATE" if connection.features.has_select_for_no_key_update
+                else " FOR UPDATE")
         if connection.features.has_select_for_update_skip_locked:
             sql += " SKIP LOCKED"
     with connection.cursor() as cursor:
@@ -200,65 +303,96 @@ def _pick(campaign: Campaign, rater, *, lock: bool, skip: list[int] | None = Non
     return (row[0], row[1]) if row else None
 
 
-def _room(campaign: Campaign, item_id: int) -> bool:
-    """Whether the item's judgments and live leases leave room under the overlap, counted in
-    a statement of its own (a fresh snapshot)."""
+def _new_lease(seat: Seat, item_id: int, size: int, *, probe: str = Probe.NONE,
+               order: list[int] | None = None, repeat_of_id: int | None = None
+               ) -> Assignment | None:
+    """Lease the item to the seat's rater: regular items only while they have room under the
+    overlap; None when they have not (or the rater's other tab took it)."""
+    now = timezone.now()
+    if order is None:
+        order = list(range(size))
+        _rng.shuffle(order)
+    token = uuid.uuid4()
+    expires = now + timedelta(seconds=seat.lease_seconds)
+    db_now = _db_now(now)
     with connection.cursor() as cursor:
-        cursor.execute(_ROOM, [*_live_params(), item_id])
+        cursor.execute(_LEASE, [
+            _db_uuid(token), seat.pk, item_id, seat.rater_id, probe, repeat_of_id,
+            connection.ops.adapt_json_value(order, None), AssignmentStatus.ACTIVE, db_now,
+            db_now, _db_now(expires),
+            probe != Probe.NONE,  # probes are not part of the overlap
+            *_live_params(db_now), item_id, seat.overlap,
+        ])
         row = cursor.fetchone()
-    return row is not None and row[0] < campaign.overlap
+    if row is None:
+        return None
+    return Assignment(id=row[0], token=token, campaign_id=seat.pk, item_id=item_id,
+                      rater_id=seat.rater_id, probe=probe, repeat_of_id=repeat_of_id,
+                      order=order, status=AssignmentStatus.ACTIVE, leased_at=now,
+                      heartbeat_at=now, expires_at=expires)
 
 
-def _lease_regular(campaign: Campaign, rater) -> Assignment | None:
+def _lease_regular(seat: Seat) -> Assignment | None:
     seen: list[int] = []
     for _ in range(_PICK_TRIES):
-        picked = _pick(campaign, rater, lock=True, skip=seen)
+        picked = _pick(seat, lock=True, skip=seen)
         if picked is None:
             return None
-        # Re-count in a new statement while holding the item's lock: leases granted by
-        # transactions that committed after the pick's snapshot are seen here (the pick
-        # counted live leases too, so it is rarely wrong).
-        if _room(campaign, picked[0]):
-            return _new_lease(campaign, picked[0], picked[1], rater)
+        new = _new_lease(seat, picked[0], picked[1])
+        if new is not None:
+            return new
         seen.append(picked[0])
     return None
 
 
-def _lease_probe(campaign: Campaign, rater, probe: str) -> Assignment | None:
+def _lease_probe(seat: Seat, probe: str) -> Assignment | None:
     if probe == Probe.REPEAT:
         # One of the rater's own answered regular items, not repeated yet, sides swapped.
-        repeated = Assignment.objects.filter(rater=rater, campaign=campaign,
-                                             probe=Probe.REPEAT).values("repeat_of_id")
-        earlier = (Assignment.objects
-                   .filter(rater=rater, campaign=campaign, probe=Probe.NONE,
-                           status=AssignmentStatus.SUBMITTED)
-                   .exclude(pk__in=repeated).order_by("?").first())
+        mine = Assignment.objects.filter(rater_id=seat.rater_id, campaign_id=seat.pk)
+        repeated = mine.filter(probe=Probe.REPEAT).values("repeat_of_id")
+        earlier = (mine.filter(probe=Probe.NONE, status=AssignmentStatus.SUBMITTED)
+                   .exclude(pk__in=repeated).only("pk", "item_id", "order").order_by("?")
+                   .first())
         if earlier is None:
             return None
-        return _new_lease(campaign, earlier.item_id, len(earlier.order), rater,
-                          probe=Probe.REPEAT,
-                          order=list(reversed(earlier.order)), repeat_of=earlier)
-    seen = Assignment.objects.filter(item=OuterRef("pk"), rater=rater)
-    item = (Item.objects.filter(campaign=campaign, probe=probe).exclude(Exists(seen))
+        return _new_lease(seat, earlier.item_id, len(earlier.order), probe=Probe.REPEAT,
+                          order=list(reversed(earlier.order)), repeat_of_id=earlier.pk)
+    seen = Assignment.objects.filter(item=OuterRef("pk"), rater_id=seat.rater_id)
+    item = (Item.objects.filter(campaign_id=seat.pk, probe=probe).exclude(Exists(seen))
             .only("pk", "size").order_by("?").first())
     if item is None:
         return None
-    return _new_lease(campaign, item.pk, item.size, rater, probe=probe)
+    return _new_lease(seat, item.pk, item.size, probe=probe)
 
 
-def assignment_heartbeat(*, rater, token: str) -> datetime:
-    """Keep the rater's leases in this campaign alive; returns the new expiry."""
-    row = (Assignment.objects.filter(token=token)
-           .values_list("rater_id", "status", "expires_at", "campaign_id",
-                        "campaign__lease_seconds").first())
-    if row is None:
-        raise LeaseError(404, "no_such_assignment", "no such assignment")
-    rater_id, status, expires_at, campaign_id, lease_seconds = row
-    _check_lease(rater, rater_id, status, expires_at)
-    now = timezone.now()
-    expires = now + timedelta(seconds=lease_seconds)
-    Assignment.objects.filter(_live(Q(rater=rater, campaign_id=campaign_id))).update(
-        heartbeat_at=now, expires_at=expires)
+_LEASE_STATE = (
+    "SELECT a.rater_id, a.status, a.expires_at, a.campaign_id, c.lease_seconds "
+    "FROM annotation_assignment a JOIN annotation_campaign c ON c.id = a.campaign_id "
+    "WHERE a.token = %s"
+)
+_EXTEND = (
+    "UPDATE annotation_assignment SET heartbeat_at = %s, expires_at = %s "
+    "WHERE rater_id = %s AND campaign_id = %s AND status = %s AND expires_at > %s"
+)
+
+
+def assignment_heartbeat(*, rater, token: str, campaign_id: int | None = None) -> datetime:
+    """Keep the rater's leases in this campaign alive; returns the new expiry.
+
+    ``campaign_id``, when given (the rater's API token names it), must be the lease's.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_LEASE_STATE, [_db_uuid(token)])
+        row = cursor.fetchone()
+        if row is None or (campaign_id is not None and row[3] != campaign_id):
+            raise LeaseError(404, "no_such_assignment", "no such assignment")
+        rater_id, status, expires_at, lease_campaign, lease_seconds = row
+        _check_lease(rater, rater_id, status, _dt(expires_at))
+        now = timezone.now()
+        expires = now + timedelta(seconds=lease_seconds)
+        db_now = _db_now(now)
+        cursor.execute(_EXTEND, [db_now, _db_now(expires), rater.pk, lease_campaign,
+                                 AssignmentStatus.ACTIVE, db_now])
     return expires
 
 
@@ -270,17 +404,6 @@ def _check_lease(rater, rater_id: int, status: str, expires_at: datetime) -> Non
     if status == AssignmentStatus.EXPIRED or expires_at <= timezone.now():
         raise LeaseError(410, "lease_expired", "the lease on this item expired; load the next "
                                                "item")
-
-
-def _own_live_assignment(*, rater, token: str, lock: bool = False) -> Assignment:
-    qs = Assignment.objects.select_related("campaign")
-    if lock:
-        qs = qs.select_for_update(of=("self",))
-    assignment = qs.filter(token=token).first()
-    if assignment is None:
-        raise LeaseError(404, "no_such_assignment", "no such assignment")
-    _check_lease(rater, assignment.rater_id, assignment.status, assignment.expires_at)
-    return assignment
 
 
 def assignments_expire(*, now: datetime | None = None) -> int:

@@ -84,12 +84,13 @@ def test_api_answers_every_bad_request_with_a_clear_4xx(campaign):
     retry = c.post(url, {"idempotency_key": key, "choice": "left", "decision_ms": 5},
                    content_type="application/json")
     assert (ok.status_code, retry.status_code) == (201, 200)
-    assert retry.json() == {"stored": False, "judgment": ok.json()["judgment"]}
+    assert (retry.json()["stored"], retry.json()["judgment"]) == (False, ok.json()["judgment"])
     assert Judgment.objects.count() == 1
     bad = uuid.uuid4()
     assert c.post(reverse("annotation:api-heartbeat", args=[bad])).status_code == 404
     assert c.post(reverse("annotation:api-next", args=["nope"])).status_code == 404
-    assert Client().post(reverse("annotation:api-next", args=[campaign.slug])).status_code == 403
+    anonymous = Client().post(reverse("annotation:api-next", args=[campaign.slug]))
+    assert anonymous.status_code == 401 and anonymous["WWW-Authenticate"] == "Rater"
 
 
 def test_csrf_is_required_for_session_clients(campaign):

@@ -215,10 +215,16 @@ def test_a_rater_watches_and_votes_in_chromium(live_server, campaign, browser):
     _in_view(page, LAPTOP, *ON_SCREEN)
     if (shot := _screenshot_path()) is not None:
         page.screenshot(path=str(shot))
-    with page.expect_response(lambda r: r.url.endswith("/next/")) as answered:
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/" in r.url else None)
+    with page.expect_response(lambda r: r.url.endswith("/judgment/")) as answered:
         page.keyboard.press("2")
-    on_screen = answered.value.json()["assignments"][0]["id"]
+    # The answer's reply carries the next items: no second call before the next item shows,
+    # and the rater token, not the session, authenticates the call.
+    assert answered.value.request.headers["authorization"].startswith("Rater ")
+    on_screen = answered.value.json()["next"]["assignments"][0]["id"]
     expect(page.locator("#progress-text")).to_have_text("1 / 3")
+    assert [u for u in asked if u.endswith("/next/")] == []
     (first,) = Judgment.objects.all()
     assert first.rater == rater and first.campaign == campaign
     assert (first.choice, first.strength, first.reasons) == ("left", 2, [])

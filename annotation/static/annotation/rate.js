@@ -21,20 +21,22 @@
   let busy = false;
   let heartbeatTimer = null;
 
-  function csrf() {
-    const m = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-    return m ? decodeURIComponent(m[1]) : "";
-  }
-
   async function post(url, body) {
     const res = await fetch(url, {
       method: "POST",
       credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf() },
+      // The rater token (signed by the page's server) stands for the session on these calls.
+      headers: { "Content-Type": "application/json", "Authorization": "Rater " + cfg.token },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     let data = null;
     try { data = await res.json(); } catch (e) { data = null; }
+    if (res.status === 401) {
+      // The token is dated: a page left open past its life reloads for a fresh one (answers
+      // waiting in localStorage are sent after the reload).
+      location.reload();
+      await new Promise(() => {});
+    }
     return { status: res.status, data };
   }
 
@@ -394,11 +396,13 @@
 
   // Send every waiting answer; retry network failures and server errors with back-off. A 4xx
   // is final (already answered in another tab, lease expired, …): the answer is dropped.
+  // Returns the rater's next items when the last answer's reply carried them.
   async function flush() {
     let delay = 1000;
+    let following = null;
     for (;;) {
       const queue = pending();
-      if (!queue.length) return;
+      if (!queue.length) return following;
       const item = queue[0];
       let res = null;
       try {
@@ -409,6 +413,7 @@
       if (res && res.status < 500) {
         connectionBack();
         localStorage.setItem(pendingKey, JSON.stringify(pending().slice(1)));
+        following = (res.status < 300 && res.data && res.data.next) || null;
         if (res.status === 409 && res.data && res.data.error === "already_answered") {
           banner("That item was already answered (in another tab?). Here is the next one.", "info");
         } else if (res.status === 410) {
@@ -428,8 +433,7 @@
   async function flushThenAdvance() {
     busy = true;
     try {
-      await flush();
-      await loadNext();
+      await loadNext(await flush());
     } finally {
       busy = false;
     }
@@ -437,11 +441,13 @@
 
   // -- leases ----------------------------------------------------------------------------------
 
-  async function loadNext() {
-    let res = null;
-    for (let delay = 1000; ; delay = Math.min(delay * 2, 15000)) {
+  // Show the rater's next items: those an answer's reply carried, or asked for.
+  async function loadNext(carried) {
+    let res = carried ? { status: 200, data: carried } : null;
+    for (let delay = 1000; !res; delay = Math.min(delay * 2, 15000)) {
       try { res = await post(cfg.api.next); } catch (e) { res = null; }
       if (res && res.status < 500) break;
+      res = null;
       connectionLost("Connection lost. Trying again…");
       await retryPause(delay);
     }
