@@ -23,7 +23,7 @@ from annotation.models import (
 from annotation.roles import is_admin, is_researcher
 
 MEDIA_SALT = "annotation.exposure-media"
-_PARTS = {"video": "v", "poster": "p"}
+_PARTS = ("video", "poster")
 
 
 def campaign_list_for(user) -> QuerySet[Campaign]:
@@ -109,28 +109,38 @@ def rater_rows(campaign: Campaign) -> list[Enrollment]:
 # -- what a rater's browser gets -------------------------------------------------------------
 
 
-def media_token(assignment: Assignment, position: int, part: str) -> str:
-    """A signed handle for one file of one exposure: it names the lease and the position on
-    screen, never the clip, so two exposures of the same clip have unrelated URLs."""
-    return signing.dumps({"a": assignment.token.hex, "s": position, "p": _PARTS[part]},
-                         salt=MEDIA_SALT, compress=False)
+def media_token(assignment: Assignment) -> str:
+    """A signed, dated handle for one exposure's files: it names the lease, never a clip, so
+    two exposures of the same clip have unrelated URLs. One signature per exposure (the files
+    are told apart by their screen position in the URL)."""
+    return signing.TimestampSigner(salt=MEDIA_SALT).sign(assignment.token.hex)
 
 
-def media_token_read(token: str, *, max_age: int) -> tuple[str, int, str]:
-    data = signing.loads(token, salt=MEDIA_SALT, max_age=max_age)
-    if not isinstance(data, dict) or data.get("p") not in _PARTS.values():
+def media_token_read(token: str, *, max_age: int) -> str:
+    """The lease's token (hex) the handle names; raises ``signing.BadSignature`` (or
+    ``SignatureExpired``)."""
+    value = signing.TimestampSigner(salt=MEDIA_SALT).unsign(token, max_age=max_age)
+    if len(value) != 32:
         raise signing.BadSignature("malformed")
-    part = next(k for k, v in _PARTS.items() if v == data["p"])
-    return str(data["a"]), int(data["s"]), part
+    return value
 
 
-def _media(assignment: Assignment, position: int, url: str) -> dict:
-    def one(part: str) -> str:
-        return url.replace(_PLACEHOLDER, quote(media_token(assignment, position, part), safe=":"))
-    return {"video": one("video"), "poster": one("poster")}
+def media_file_read(name: str) -> tuple[int, str]:
+    """(position, part) from a file name of the media URL: ``speaker-video``, ``0-poster``…
+    (position -1 is the speaker)."""
+    where, _, part = name.partition("-")
+    if part not in _PARTS or not (where == "speaker" or where.isdigit()):
+        raise ValueError(f"no such file {name!r}")
+    return (-1 if where == "speaker" else int(where)), part
+
+
+def _media(url: str, position: int) -> dict:
+    where = "speaker" if position < 0 else str(position)
+    return {part: url.replace(_FILE, f"{where}-{part}") for part in _PARTS}
 
 
 _PLACEHOLDER = "__media__"  # stands for the signed handle in the resolved URL
+_FILE = "__file__"  # and for the file's name
 
 
 def assignments_payload(assignments: list[Assignment]) -> list[dict]:
@@ -139,15 +149,16 @@ def assignments_payload(assignments: list[Assignment]) -> list[dict]:
     if not assignments:
         return []
     # One URL resolution for all the files (each costs more than signing a token).
-    url = reverse("annotation:media", kwargs={"token": _PLACEHOLDER})
+    template = reverse("annotation:media", kwargs={"token": _PLACEHOLDER, "name": _FILE})
     now = timezone.now()
     out = []
     for a in assignments:
         size = len(a.order)  # the permutation shown: one position per slot of the item
+        url = template.replace(_PLACEHOLDER, quote(media_token(a), safe=":"))
         out.append({
             "id": str(a.token),
-            "speaker": _media(a, -1, url),
-            "clips": [_media(a, position, url) for position in range(size)],
+            "speaker": _media(url, -1),
+            "clips": [_media(url, position) for position in range(size)],
             "expires_in": max(0, int((a.expires_at - now).total_seconds())),
         })
     return out

@@ -11,7 +11,7 @@ urlpatterns = [
     # Raters.
     path("rate/invite/<str:token>/", views.invite, name="invite"),
     path("rate/<slug:slug>/", views.rate, name="rate"),
-    path("media/<str:token>/", views.media, name="media"),
+    path("media/<str:token>/<str:name>/", views.media, name="media"),
     # Researchers.
     path("campaigns/", views.campaign_list, name="campaigns"),
     path("campaigns/new/", views.campaign_new, name="campaign-new"),

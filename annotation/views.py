@@ -28,6 +28,7 @@ from annotation.selectors import (
     campaign_summary,
     campaigns_with_counts,
     exposure_clip,
+    media_file_read,
     media_token_read,
     rater_rows,
 )
@@ -120,13 +121,13 @@ def rate(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @require_http_methods(["GET", "HEAD"])
-def media(request: HttpRequest, token: str) -> HttpResponse:
+def media(request: HttpRequest, token: str, name: str) -> HttpResponse:
     """One file of one exposure, for the rater who holds it (and nobody else)."""
     if not request.user.is_authenticated:
         raise Http404("no such clip")
     try:
-        assignment_token, position, part = media_token_read(
-            token, max_age=settings.CLIP_URL_MAX_AGE_S)
+        assignment_token = media_token_read(token, max_age=settings.CLIP_URL_MAX_AGE_S)
+        position, part = media_file_read(name)
     except (signing.BadSignature, ValueError, TypeError):
         raise Http404("no such clip") from None
     clip = exposure_clip(rater=request.user, assignment_token=assignment_token,

@@ -383,9 +383,16 @@ class RaterSession:
     name: str
     sessionid: str
     csrftoken: str
+    token: str  # the rater API token the rate page hands its script
     rng: random.Random
+    queue: list[str] = field(default_factory=list)  # lease ids the last reply carried
 
     def headers(self, base: str) -> dict[str, str]:
+        """What the rate page sends with a rating call."""
+        return {"Authorization": f"Rater {self.token}"}
+
+    def session_headers(self, base: str) -> dict[str, str]:
+        """What a client that signs in with the session sends (cookie and CSRF token)."""
         return {"Cookie": f"sessionid={self.sessionid}; csrftoken={self.csrftoken}",
                 "X-CSRFToken": self.csrftoken, "Referer": base + "/"}
 
@@ -417,11 +424,13 @@ class Recorder:
 
 
 async def _post(http, base: str, rater: RaterSession, endpoint: str, path: str,
-                body: dict | None, rec: Recorder) -> tuple[int, dict | None]:
+                body: dict | None, rec: Recorder, *, session: bool = False
+                ) -> tuple[int, dict | None]:
     t0 = time.perf_counter()
     status, data, bench = 0, None, None
+    headers = rater.session_headers(base) if session else rater.headers(base)
     try:
-        async with http.post(base + path, json=body, headers=rater.headers(base)) as resp:
+        async with http.post(base + path, json=body, headers=headers) as resp:
             status = resp.status
             bench = resp.headers.get("X-Bench")
             raw = await resp.read()
@@ -433,23 +442,7 @@ async def _post(http, base: str, rater: RaterSession, endpoint: str, path: str,
     return status, data
 
 
-async def one_judgment(http, base: str, rater: RaterSession, rec: Recorder,
-                       think: float) -> bool:
-    """What the rater page does for one item: next (tops the leases up to two; the first is
-    on screen), a heartbeat while the clips play, then the answer."""
-    status, body = await _post(http, base, rater, "next", f"/api/rate/{SLUG}/next/", None, rec)
-    if status != 200 or not body:
-        return False
-    if body.get("state") != "rating" or not body.get("assignments"):
-        rec.error(f"next:state_{body.get('state')}")
-        return False
-    token = body["assignments"][0]["id"]
-    if think:
-        await asyncio.sleep(think * rater.rng.uniform(0.6, 1.4))
-    status, _ = await _post(http, base, rater, "heartbeat",
-                            f"/api/assignments/{token}/heartbeat/", None, rec)
-    if think:
-        await asyncio.sleep(think * rater.rng.uniform(0.6, 1.4))
+def _answer(rater: RaterSession) -> dict:
     answer = {
         "idempotency_key": str(uuid.uuid4()),
         "choice": rater.rng.choice(("left", "right", "tie", "both_bad")),
@@ -459,8 +452,61 @@ async def one_judgment(http, base: str, rater: RaterSession, rec: Recorder,
     }
     if answer["choice"] in ("left", "right"):
         answer["strength"] = rater.rng.randint(1, 3)
+    return answer
+
+
+def _leases(rec: Recorder, body: dict | None, endpoint: str) -> list[str]:
+    if not body or body.get("state") != "rating" or not body.get("assignments"):
+        rec.error(f"{endpoint}:state_{(body or {}).get('state')}")
+        return []
+    return [a["id"] for a in body["assignments"]]
+
+
+async def one_judgment(http, base: str, rater: RaterSession, rec: Recorder,
+                       think: float) -> bool:
+    """What the rater page does for one item: the items on screen and preloading come with the
+    previous answer's reply (``next`` only when there was none: the first item, or after an
+    error), a heartbeat while the clips play, then the answer."""
+    if not rater.queue:
+        status, body = await _post(http, base, rater, "next", f"/api/rate/{SLUG}/next/", None,
+                                   rec)
+        rater.queue = _leases(rec, body, "next") if status == 200 else []
+        if not rater.queue:
+            return False
+    token = rater.queue[0]
+    if think:
+        await asyncio.sleep(think * rater.rng.uniform(0.6, 1.4))
+    status, _ = await _post(http, base, rater, "heartbeat",
+                            f"/api/assignments/{token}/heartbeat/", None, rec)
+    if think:
+        await asyncio.sleep(think * rater.rng.uniform(0.6, 1.4))
+    status, body = await _post(http, base, rater, "judgment",
+                               f"/api/assignments/{token}/judgment/", _answer(rater), rec)
+    rater.queue = _leases(rec, body.get("next"), "judgment") if status == 201 and body else []
+    if status == 201:
+        rec.judgments.append(time.perf_counter())
+    return status == 201
+
+
+async def session_judgment(http, base: str, rater: RaterSession, rec: Recorder,
+                           think: float) -> bool:
+    """The same item through the session (cookie, CSRF token) with a separate next call
+    before each answer: what a client that ignores the token and the carried items does."""
+    status, body = await _post(http, base, rater, "next", f"/api/rate/{SLUG}/next/", None,
+                               rec, session=True)
+    leases = _leases(rec, body, "next") if status == 200 else []
+    if not leases:
+        return False
+    token = leases[0]
+    if think:
+        await asyncio.sleep(think * rater.rng.uniform(0.6, 1.4))
+    status, _ = await _post(http, base, rater, "heartbeat",
+                            f"/api/assignments/{token}/heartbeat/", None, rec, session=True)
+    if think:
+        await asyncio.sleep(think * rater.rng.uniform(0.6, 1.4))
     status, _ = await _post(http, base, rater, "judgment",
-                            f"/api/assignments/{token}/judgment/", answer, rec)
+                            f"/api/assignments/{token}/judgment/", _answer(rater), rec,
+                            session=True)
     if status == 201:
         rec.judgments.append(time.perf_counter())
     return status == 201
@@ -468,10 +514,10 @@ async def one_judgment(http, base: str, rater: RaterSession, rec: Recorder,
 
 async def floor_cycle(http, base: str, rater: RaterSession, rec: Recorder,
                       think: float) -> bool:
-    """Three calls, as one judgment makes, to a view that only reads the signed-in user: what
-    the stack (gunicorn, middleware, session, user, DRF) costs before any rating work."""
-    for endpoint in ENDPOINTS:
-        status, _ = await _post(http, base, rater, endpoint, "/bench/floor/drf/", None, rec)
+    """Two calls, as one judgment makes, to a rating view that does nothing (the rater token
+    is checked): what the stack (gunicorn, middleware, DRF) costs before any rating work."""
+    for endpoint in ("heartbeat", "judgment"):
+        status, _ = await _post(http, base, rater, endpoint, "/bench/floor/rater/", None, rec)
         if status != 200:
             return False
     rec.judgments.append(time.perf_counter())
@@ -490,6 +536,7 @@ async def _load(base: str, raters: list[RaterSession], *, duration: float, pace:
 
     async def rater_loop(r: RaterSession) -> None:
         nonlocal late
+        r.queue = []  # leases of an earlier run are gone
         if pace:
             await asyncio.sleep(r.rng.uniform(0, pace))
         due = loop.time()
@@ -546,8 +593,15 @@ async def _join(base: str, invite: str, n: int, seed: int) -> list[RaterSession]
             if resp.status != 302:
                 raise RuntimeError(f"joining answered {resp.status}: {await resp.text()}")
             keep(resp)
+        # The rate page, as the browser opens it next: it carries the rater API token.
+        async with http.get(f"{base}/rate/{SLUG}/",
+                            headers={"Cookie": f"sessionid={cookies['sessionid']}"}) as resp:
+            assert resp.status == 200, resp.status
+            page = await resp.text()
+        config = json.loads(re.search(r'<script id="rate-config" type="application/json">'
+                                      r"(.*?)</script>", page, re.S).group(1))
         return RaterSession(f"r{i}", cookies["sessionid"], cookies["csrftoken"],
-                            random.Random(seed * 100_003 + i))
+                            config["token"], random.Random(seed * 100_003 + i))
 
     sem = asyncio.Semaphore(16)
 
@@ -627,18 +681,20 @@ def run_load(server: Server, raters: list[RaterSession], *, label: str, duration
 # -- in process: the SQL of each call, and the framework's own share --------------------------
 
 def sql_per_call(cycles: int = 30) -> dict:
-    """Statements per call with the Django test client (the whole request: session, user,
-    view), counted over ``cycles`` judgments of one rater, with one example of each, and the
-    best in-process time per call (no HTTP, no concurrency)."""
+    """Statements per call with the Django test client (the whole request, as the rate page
+    makes it: rater token, the next items carried by each answer's reply), counted over
+    ``cycles`` judgments of one rater, with one example of each, and the median in-process
+    time per call (no HTTP, no concurrency)."""
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
     from annotation.models import Enrollment
+    from annotation.services.enrollment import rater_token_make
 
     enrollment = Enrollment.objects.filter(campaign__slug=SLUG).order_by("pk").first()
-    client = Client(HTTP_HOST="127.0.0.1")
-    client.force_login(enrollment.rater)
+    client = Client(HTTP_HOST="127.0.0.1",
+                    HTTP_AUTHORIZATION="Rater " + rater_token_make(enrollment=enrollment))
     counts: dict[str, list[int]] = {e: [] for e in ENDPOINTS}
     times: dict[str, list[float]] = {e: [] for e in ENDPOINTS}
     examples: dict[tuple[str, int], list[str]] = {}  # one per (call, statement count)
@@ -657,15 +713,18 @@ def sql_per_call(cycles: int = 30) -> dict:
             examples[key] = sqls  # preferably one without a probe (those are drawn at random)
         return res
 
+    body = call("next", f"/api/rate/{SLUG}/next/").json()
     for i in range(cycles):
-        body = call("next", f"/api/rate/{SLUG}/next/").json()
         token = body["assignments"][0]["id"]
         call("heartbeat", f"/api/assignments/{token}/heartbeat/")
-        call("judgment", f"/api/assignments/{token}/judgment/",
-             {"idempotency_key": str(uuid.uuid4()), "decision_ms": 1000,
-              "choice": rng.choice(("left", "right", "tie", "both_bad"))})
+        body = call("judgment", f"/api/assignments/{token}/judgment/",
+                    {"idempotency_key": str(uuid.uuid4()), "decision_ms": 1000,
+                     "choice": rng.choice(("left", "right", "tie", "both_bad"))}).json()["next"]
         if i == 4:  # warmed up: measure from here
             times = {e: [] for e in ENDPOINTS}
+    # The next call alone (the page makes it once, when it opens).
+    for _ in range(10):
+        call("next", f"/api/rate/{SLUG}/next/")
     return {e: {"statements_min": min(v), "statements_max": max(v),
                 "statements_mean": round(sum(v) / len(v), 2),
                 "in_process_p50_ms": round(_pct([t * 1000 for t in times[e]], 0.5), 2),
@@ -684,9 +743,14 @@ def __getattr__(name: str):
     from rest_framework.response import Response
     from rest_framework.views import APIView
 
+    from annotation.apis import RaterApi
     from config.urls import urlpatterns
 
     class Nothing(APIView):
+        def post(self, request):
+            return Response({"user": request.user.pk})
+
+    class RaterNothing(RaterApi):
         def post(self, request):
             return Response({"user": request.user.pk})
 
@@ -694,22 +758,28 @@ def __getattr__(name: str):
         return JsonResponse({"user": request.user.pk})
 
     return [*urlpatterns, path("bench/floor/drf/", Nothing.as_view()),
+            path("bench/floor/rater/", RaterNothing.as_view()),
             path("bench/floor/plain/", plain)]
 
 
 def framework_floor(rounds: int = 6, n: int = 40) -> dict:
     """What a request costs before the view does anything, in process (best of ``rounds``):
-    the middleware, the session and the user (two queries), DRF; and anonymous, for scale."""
+    the middleware and DRF with the rater token; with the session and the user (two queries)
+    instead; and anonymous plain Django, for scale."""
     from django.test import Client, override_settings
 
     from annotation.models import Enrollment
+    from annotation.services.enrollment import rater_token_make
 
     enrollment = Enrollment.objects.filter(campaign__slug=SLUG).order_by("pk").first()
     out = {}
     with override_settings(ROOT_URLCONF=__name__):  # as in the server (rating_settings.py)
         signed_in = Client(HTTP_HOST="127.0.0.1")
         signed_in.force_login(enrollment.rater)
-        cases = {"drf_signed_in_ms": (signed_in, "/bench/floor/drf/"),
+        token = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION="Rater " + rater_token_make(
+            enrollment=enrollment))
+        cases = {"drf_rater_token_ms": (token, "/bench/floor/rater/"),
+                 "drf_signed_in_ms": (signed_in, "/bench/floor/drf/"),
                  "django_signed_in_ms": (signed_in, "/bench/floor/plain/"),
                  "django_anonymous_ms": (Client(HTTP_HOST="127.0.0.1"), "/bench/floor/plain/")}
         for key, (client, url) in cases.items():
@@ -724,14 +794,19 @@ def framework_floor(rounds: int = 6, n: int = 40) -> dict:
 
 
 def where_the_time_goes(run: dict, sql: dict, floor: dict, floor_http: dict) -> dict:
-    """Per judgment (one next, one heartbeat, one answer): CPU of each party, and the split of
-    the server's time into SQL, the framework and the rest of the view."""
+    """Per judgment (a heartbeat and an answer, and the odd next): CPU of each party, and the
+    split of the server's time into SQL, the framework and the rest of the view."""
     per_j = 1000 / max(run["judgments_per_s"], 1e-9)
     cpu = run["cpu"]
     ep = run["endpoints"]
-    server_ms = sum(ep[e]["server_mean_ms"] or 0 for e in ENDPOINTS)
-    sql_ms = sum(ep[e]["sql_mean_ms"] or 0 for e in ENDPOINTS)
+    # Calls of each kind per judgment, from the run itself.
+    per = {e: ep[e]["requests"] / max(run["judgments_per_s"] * run["window_s"], 1e-9)
+           for e in ENDPOINTS}
+    server_ms = sum((ep[e]["server_mean_ms"] or 0) * per[e] for e in ENDPOINTS)
+    sql_ms = sum((ep[e]["sql_mean_ms"] or 0) * per[e] for e in ENDPOINTS)
+    requests = sum(per.values())
     return {
+        "requests_per_judgment": {e: round(v, 3) for e, v in per.items()},
         "cpu_ms_per_judgment": {
             "server (gunicorn workers)": round(cpu["server"] * per_j, 1),
             "postgresql": round(cpu["postgres"] * per_j, 1),
@@ -741,14 +816,15 @@ def where_the_time_goes(run: dict, sql: dict, floor: dict, floor_http: dict) -> 
         "server_ms_per_judgment": {
             "in Django (worker wall time)": round(server_ms, 1),
             "of which SQL statements (wall)": round(sql_ms, 1),
-            "framework floor x 3 requests (in process, idle machine)": round(
-                3 * floor["drf_signed_in_ms"], 1),
+            "framework floor x requests (in process, idle machine)": round(
+                requests * floor["drf_rater_token_ms"], 1),
         },
         "statements_per_call": {e: sql[e]["statements_mean"] for e in ENDPOINTS},
         "stack_alone_judgments_per_s": floor_http["judgments_per_s"],
         "stack_alone_server_cpu_ms_per_judgment": round(
             floor_http["cpu"]["server"] * 1000 / max(floor_http["judgments_per_s"], 1e-9), 1),
-        "note": "server CPU per judgment over the framework floor x 3 is the work of the views; "
+        "note": "server CPU per judgment over the framework floor x requests is the work of the "
+                "views; "
                 "wall time in the worker above its CPU is waiting for PostgreSQL and for a core",
     }
 
@@ -769,11 +845,12 @@ def _header() -> None:
 
 
 def _measure(config: ServerConfig, env: dict, logs: Path, raters: list[RaterSession], *,
-             label: str, duration: float, pace: float, warmup: float) -> dict:
+             label: str, duration: float, pace: float, warmup: float,
+             cycle=one_judgment) -> dict:
     reset_campaign()
     with Server(config, env, logs) as server:
         run = run_load(server, raters, label=label, duration=duration, pace=pace,
-                       warmup=warmup)
+                       warmup=warmup, cycle=cycle)
     run["check"] = campaign_check()
     _print_run(run)
     return run
@@ -887,6 +964,10 @@ def main() -> None:
                                   duration=args.floor_s, pace=0, warmup=warmup,
                                   cycle=floor_cycle)
         _print_run(floor_http)
+        # What a client gets that signs in with the session and asks for each next item.
+        session = _measure(best, env, logs, raters[: args.sat_raters],
+                           label=f"(b) session, 3 calls, {best.name}", duration=args.floor_s,
+                           pace=0, warmup=warmup, cycle=session_judgment)
         default = by_name["gunicorn-default"]
         paced_default = _measure(default, env, logs, raters[: args.raters],
                                  label=f"(a) paced, {default.name}", duration=args.compare_s,
@@ -918,6 +999,8 @@ def main() -> None:
             sweep_mean[best.name] / max(sweep_mean[name], 1e-9), 2)
         for name in ("runserver", "gunicorn-default")
     }
+    comparison["saturation_rate_page_protocol_vs_session_3_calls"] = round(
+        saturation["judgments_per_s"] / max(session["judgments_per_s"], 1e-9), 2)
     comparison[f"paced_p95_{default.name}_over_{best.name}"] = {
         e: round(paced_default["endpoints"][e]["p95_ms"]
                  / max(paced["endpoints"][e]["p95_ms"], 1e-9), 2) for e in ENDPOINTS}
@@ -925,7 +1008,8 @@ def main() -> None:
         round(paced["judgments_per_s"] / paced_default["judgments_per_s"], 2)
         if paced_default["judgments_per_s"] else None)
     met = [r["raters"] for r in capacity if ok(r) and r["error_count"] == 0]
-    checks = [r["check"] for r in [*sweep_runs, paced, saturation, paced_default, *capacity]]
+    checks = [r["check"] for r in [*sweep_runs, paced, saturation, session, paced_default,
+                                   *capacity]]
     goals = {
         "a_paced_p95_under_50ms_every_endpoint": ok(paced),
         "b_saturation_over_300_judgments_per_s": saturation["judgments_per_s"] > 300,
@@ -942,14 +1026,15 @@ def main() -> None:
                    "sat_s": args.sat_s, "sweep_s": args.sweep_s,
                    "sweep_rounds": args.sweep_rounds, "compare_s": args.compare_s,
                    "capacity_s": args.capacity_s, "warmup_s": warmup, "seed": args.seed,
-                   "load_generator": "asyncio + aiohttp in this process, one session cookie "
-                                     "per rater, on this machine"},
+                   "load_generator": "asyncio + aiohttp in this process, one rater token "
+                                     "per rater (as the rate page), on this machine"},
         "server_settings": server_settings,
         "chosen_server": best.name,
         "paced": paced,
         "saturation": saturation,
         "paced_default": paced_default,
         "floor_http": floor_http,
+        "session_three_calls": session,
         "paced_capacity": capacity,
         "largest_paced_raters_meeting_p95": max(met) if met else None,
         "sweep_mean_judgments_per_s": sweep_mean,
@@ -969,14 +1054,14 @@ def main() -> None:
     wt = result["where_the_time_goes"]
     print("\nwhere the time goes, per judgment at saturation (CPU ms): "
           + ", ".join(f"{k} {v}" for k, v in wt["cpu_ms_per_judgment"].items()))
-    print("  SQL statements per call (session and user included): "
+    print("  SQL statements per call: "
           + ", ".join(f"{e} {sql[e]['statements_mean']:g}" for e in ENDPOINTS)
           + "; in process, alone: "
           + ", ".join(f"{e} {sql[e]['in_process_p50_ms']:g} ms" for e in ENDPOINTS))
-    print(f"  a request that does nothing but read the signed-in user costs "
-          f"{floor['drf_signed_in_ms']} ms in process (anonymous "
-          f"{floor['django_anonymous_ms']} ms); three of them per judgment, through "
-          f"{best.name}: {floor_http['judgments_per_s']} 'judgments'/s at most")
+    print(f"  a rating call that does nothing costs {floor['drf_rater_token_ms']} ms in process "
+          f"(with the session instead of the token {floor['drf_signed_in_ms']} ms, anonymous "
+          f"plain Django {floor['django_anonymous_ms']} ms); two of them per judgment, "
+          f"through {best.name}: {floor_http['judgments_per_s']} 'judgments'/s at most")
     print("comparison: " + ", ".join(f"{k} {v}x" for k, v in comparison.items()
                                      if not isinstance(v, dict)))
     print(f"goals: {goals}")

@@ -138,6 +138,9 @@ FLAME_MODEL_PATH = env("FLAME_MODEL_PATH", default="")
 RENDER_GL_PLATFORM = env("RENDER_GL_PLATFORM", default="")
 # Lifetime of signed clip URLs shown to raters.
 CLIP_URL_MAX_AGE_S = env.int("CLIP_URL_MAX_AGE_S", default=900)
+# The rating calls' database work in PostgreSQL functions (one round trip each; see
+# annotation/migrations/0003_rating_functions.py). Off: the portable statements, as on SQLite.
+RATING_DB_FUNCTIONS = env.bool("RATING_DB_FUNCTIONS", default=True)
 
 # --- Celery -----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -36,6 +37,8 @@ from annotation.services.scheduling import (
     _db_now,
     _db_uuid,
     _dt,
+    db_functions,
+    refusal,
     seat_from_row,
     seat_top_up,
 )
@@ -96,6 +99,7 @@ class _Lease:
     in one locking statement."""
 
     id: int
+    token: str
     rater_id: int
     status: str
     expires_at: datetime
@@ -123,9 +127,11 @@ def _json(value):
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _lease_for_answer(token: str, campaign_id: int | None) -> _Lease:
+def _lease_for_answer(token: str, campaign_id: int | None, *, lock: bool) -> _Lease:
     sql = _LEASE_FOR_ANSWER
-    if connection.features.has_select_for_update_of:
+    if db_functions() and not lock:
+        sql = "SELECT * FROM annotation_lease_for_answer(%s)"  # the same row, plan kept
+    if lock and connection.features.has_select_for_update_of:
         # NO KEY: rows that merely reference the lease (checked at commit) are not held up.
         sql += (" FOR NO KEY UPDATE OF a" if connection.features.has_select_for_no_key_update
                 else " FOR UPDATE OF a")
@@ -133,11 +139,11 @@ def _lease_for_answer(token: str, campaign_id: int | None) -> _Lease:
         cursor.execute(sql, [_db_uuid(token)])
         row = cursor.fetchone()
     if row is None:
-        raise LeaseError(404, "no_such_assignment", "no such assignment")
+        raise refusal("no_such_assignment")
     seat = seat_from_row(row[12:12 + SEAT_WIDTH])
     if campaign_id is not None and seat.pk != campaign_id:
-        raise LeaseError(404, "no_such_assignment", "no such assignment")
-    return _Lease(row[0], row[1], row[2], _dt(row[3]), row[4], row[5], row[6],
+        raise refusal("no_such_assignment")
+    return _Lease(row[0], token, row[1], row[2], _dt(row[3]), row[4], row[5], row[6],
                   _json(row[7]), row[8], bool(row[9]), _json(row[10]) or [], row[11], seat)
 
 
@@ -227,10 +233,10 @@ def judgment_submit(
 ) -> Submitted:
     """Store the rater's answer to one lease, exactly once.
 
-    With ``top_up`` the rater's leases are topped up in the same transaction (behind a
-    savepoint, so a failure there never costs the answer) and returned as ``next``: the page
-    needs no separate call for its next item. ``campaign_id``, when given (the rater's API
-    token names it), must be the lease's.
+    With ``top_up`` the rater's leases are topped up once the answer is stored (a failure there
+    never costs the answer) and returned as ``next``: the page needs no separate call for its
+    next item. ``campaign_id``, when given (the rater's API token names it), must be the
+    lease's.
 
     Raises ``LeaseError`` with the status to answer: 400 malformed, 403 another rater's lease,
     404 unknown lease, 409 answered already (with another key) or key reused, 410 lease expired.
@@ -243,88 +249,165 @@ def judgment_submit(
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_MS:
             raise _bad(f"{name}: expected milliseconds between 0 and {MAX_MS}")
     playback = _check_playback(playback)
-
-    with transaction.atomic():
-        lease = _lease_for_answer(token, campaign_id)
-        if not lease.seat.rater_active:
-            raise LeaseError(403, "account_disabled", "this account has been switched off")
-        try:
-            _check_lease(rater, lease.rater_id, lease.status, lease.expires_at)
-        except LeaseError as exc:
-            if exc.status not in (409, 410):
-                raise
-            # An answered (or since expired) lease: a retry of the stored answer succeeds.
-            stored = Judgment.objects.filter(idempotency_key=key, rater_id=rater.pk,
-                                             assignment_id=lease.id).first()
+    answer = {"choice": choice, "strength": strength, "reasons": reasons, "scores": scores,
+              "decision_ms": decision_ms, "viewing_ms": viewing_ms, "playback": playback}
+    if db_functions():
+        # Read the lease without a lock to check the answer against it; the function locks it
+        # and checks again before storing (a lease's order and campaign never change).
+        lease = _lease_for_answer(token, campaign_id, lock=False)
+        stored = _refused_or_stored_before(rater, lease, key)
+        if stored is not None:
+            return Submitted(stored, created=False, next=_top_up(lease.seat, top_up))
+        judgment = _judgment(lease, key, answer)
+        was_blocked = lease.seat.blocked
+        stored = _store_in_db(lease, judgment)
+        if stored is not None:  # the same answer, sent twice at once: the other one stored it
+            return Submitted(stored, created=False, next=_top_up(lease.seat, top_up))
+    else:
+        with transaction.atomic():
+            lease = _lease_for_answer(token, campaign_id, lock=True)
+            stored = _refused_or_stored_before(rater, lease, key)
             if stored is not None:
-                return Submitted(stored, created=False,
-                                 next=seat_top_up(lease.seat) if top_up else None)
+                return Submitted(stored, created=False, next=_top_up(lease.seat, top_up))
+            judgment = _judgment(lease, key, answer)
+            was_blocked = lease.seat.blocked
+            _store(lease, judgment)
+    seat = lease.seat
+    if seat.blocked and not was_blocked:
+        logger.warning("rater %s blocked in campaign %s after %d failed probes",
+                       rater.pk, seat.pk, seat.probes_failed)
+    return Submitted(judgment, created=True, next=_top_up(seat, top_up))
+
+
+def _refused_or_stored_before(rater, lease: _Lease, key: uuid.UUID) -> Judgment | None:
+    """Raises if the lease cannot take an answer, unless this is a retry of the answer it took
+    (then that judgment)."""
+    if not lease.seat.rater_active:
+        raise LeaseError(403, "account_disabled", "this account has been switched off")
+    try:
+        _check_lease(rater, lease.rater_id, lease.status, lease.expires_at)
+    except LeaseError as exc:
+        if exc.status not in (409, 410):
             raise
-        fields: dict = {"scores": None, "choice": "", "outcome": "", "strength": None,
-                        "reasons": []}
-        if lease.protocol == Protocol.PAIRWISE:
-            if scores is not None:
-                raise _bad("scores: this campaign is pairwise; send a choice")
-            c, outcome, s, r = _pairwise(lease, choice, strength, reasons)
-            fields.update(choice=c, outcome=outcome, strength=s, reasons=r)
-        else:
-            if choice is not None:
-                raise _bad("choice: this campaign scores groups; send scores")
-            fields["scores"] = _group(lease, scores)
+        # An answered (or since expired) lease: a retry of the stored answer succeeds.
+        stored = Judgment.objects.filter(idempotency_key=key, rater_id=rater.pk,
+                                         assignment_id=lease.id).first()
+        if stored is None:
+            raise
+        return stored
+    return None
+
+
+def _judgment(lease: _Lease, key: uuid.UUID, answer: dict) -> Judgment:
+    """The judgment the answer makes, checked against the lease (400 if malformed), unsaved."""
+    fields: dict = {"scores": None, "choice": "", "outcome": "", "strength": None,
+                    "reasons": []}
+    if lease.protocol == Protocol.PAIRWISE:
+        if answer["scores"] is not None:
+            raise _bad("scores: this campaign is pairwise; send a choice")
+        c, outcome, s, r = _pairwise(lease, answer["choice"], answer["strength"],
+                                     answer["reasons"])
+        fields.update(choice=c, outcome=outcome, strength=s, reasons=r)
+    else:
+        if answer["choice"] is not None:
+            raise _bad("choice: this campaign scores groups; send scores")
+        fields["scores"] = _group(lease, answer["scores"])
+    return Judgment(
+        idempotency_key=key, assignment_id=lease.id, campaign_id=lease.seat.pk,
+        item_id=lease.item_id, rater_id=lease.rater_id, probe=lease.probe, order=lease.order,
+        decision_ms=answer["decision_ms"], viewing_ms=answer["viewing_ms"],
+        playback=answer["playback"], qc=_qc(lease, fields["outcome"]),
+        created_at=timezone.now(), **fields)
+
+
+def _probe_counts(qc: dict) -> tuple[int, int]:
+    passed = bool(qc.get("passed"))
+    return int(passed), int("passed" in qc and not passed)
+
+
+def _json_params(judgment: Judgment) -> list:
+    js = connection.ops.adapt_json_value
+    return [js(judgment.reasons, None),
+            None if judgment.scores is None else js(judgment.scores, None),
+            js(judgment.playback, None), js(judgment.qc, None)]
+
+
+def _store_in_db(lease: _Lease, judgment: Judgment) -> Judgment | None:
+    """One call to ``annotation_answer`` (migration 0003): lock, check, count, store. Returns
+    the judgment stored before under the same key for this lease, if it was."""
+    reasons, scores, playback, qc = _json_params(judgment)
+    passed, failed = _probe_counts(judgment.qc)
+    try:
         with connection.cursor() as cursor:
-            if lease.probe == Probe.NONE:
-                # Count the answer on the item, which takes the item's lock (leasing holds it
-                # while counting live leases), and only then look at the clock: a lease that a
-                # concurrent leaser already saw as expired is refused here (and the count
-                # rolled back), so judgments + live leases never exceed the overlap.
-                cursor.execute(_COUNT_ON_ITEM, [lease.item_id])
-                if lease.expires_at <= timezone.now():
-                    raise LeaseError(410, "lease_expired", "the lease on this item expired; "
-                                                           "load the next item")
-            qc = _qc(lease, fields["outcome"])
-            now = timezone.now()
-            judgment = Judgment(
-                idempotency_key=key, assignment_id=lease.id, campaign_id=lease.seat.pk,
-                item_id=lease.item_id, rater_id=lease.rater_id, probe=lease.probe,
-                order=lease.order, decision_ms=decision_ms, viewing_ms=viewing_ms,
-                playback=playback, qc=qc, created_at=now, **fields)
-            js = connection.ops.adapt_json_value
-            try:
-                # No savepoint: a refused insert ends the whole transaction (the count above
-                # too).
-                cursor.execute(_INSERT, [
-                    _db_uuid(key), lease.id, lease.seat.pk, lease.item_id, lease.rater_id,
-                    lease.probe, js(lease.order, None), judgment.choice, judgment.outcome,
-                    judgment.strength, js(judgment.reasons, None),
-                    None if judgment.scores is None else js(judgment.scores, None),
-                    decision_ms, viewing_ms, js(playback, None), js(qc, None), _db_now(now)])
-            except IntegrityError:
-                # The lease is locked and live, so only the key can collide: it was used for
-                # another lease (the same lease's retry was answered above).
-                raise LeaseError(409, "key_reused",
-                                 "idempotency_key: already used for another item") from None
-            judgment.pk = cursor.fetchone()[0]
-            cursor.execute(_ANSWERED, [AssignmentStatus.SUBMITTED, lease.id])
-            passed = bool(qc.get("passed"))
-            failed = "passed" in qc and not passed
-            cursor.execute(_COUNT_ON_RATER, [int(passed), int(failed), int(failed),
-                                             lease.block_after, lease.seat.enrollment_id])
-            n, n_failed, blocked = cursor.fetchone()
-        seat = lease.seat
-        if bool(blocked) and not seat.blocked:
-            logger.warning("rater %s blocked in campaign %s after %d failed probes",
-                           rater.pk, seat.pk, n_failed)
-        seat.n_judgments, seat.probes_failed, seat.blocked = n, n_failed, bool(blocked)
-        following = None
-        if top_up:
-            try:
-                with transaction.atomic():
-                    following = seat_top_up(seat)
-            except DatabaseError:
-                # The answer stands; the page asks for its next item on its own.
-                logger.exception("topping up rater %s's leases after judgment %s failed",
-                                 rater.pk, judgment.pk)
-    return Submitted(judgment, created=True, next=following)
+            cursor.execute(
+                "SELECT * FROM annotation_answer(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s)",
+                [_db_uuid(lease.token), lease.rater_id, judgment.idempotency_key,
+                 judgment.choice, judgment.outcome, judgment.strength, reasons, scores,
+                 judgment.decision_ms, judgment.viewing_ms, playback, qc, passed, failed,
+                 judgment.created_at])
+            code, judgment_id, n, n_failed, blocked = cursor.fetchone()
+    except IntegrityError:
+        # Only the key can collide: another lease's answer took it a moment earlier.
+        raise refusal("key_reused") from None
+    if code == "stored_before":
+        return Judgment.objects.get(pk=judgment_id)
+    if code != "stored":
+        raise refusal(code)
+    judgment.pk = judgment_id
+    lease.seat.n_judgments, lease.seat.probes_failed = n, n_failed
+    lease.seat.blocked = bool(blocked)
+    return None
+
+
+def _store(lease: _Lease, judgment: Judgment) -> None:
+    """The same, statement by statement, inside the caller's transaction (lease locked)."""
+    with connection.cursor() as cursor:
+        if lease.probe == Probe.NONE:
+            # Count the answer on the item, which takes the item's lock (leasing holds it
+            # while counting live leases), and only then look at the clock: a lease that a
+            # concurrent leaser already saw as expired is refused here (and the count rolled
+            # back), so judgments + live leases never exceed the overlap.
+            cursor.execute(_COUNT_ON_ITEM, [lease.item_id])
+            if lease.expires_at <= timezone.now():
+                raise refusal("lease_expired")
+        reasons, scores, playback, qc = _json_params(judgment)
+        try:
+            # No savepoint: a refused insert ends the whole transaction (the count above too).
+            cursor.execute(_INSERT, [
+                _db_uuid(judgment.idempotency_key), lease.id, lease.seat.pk, lease.item_id,
+                lease.rater_id, lease.probe, connection.ops.adapt_json_value(lease.order, None),
+                judgment.choice, judgment.outcome, judgment.strength, reasons, scores,
+                judgment.decision_ms, judgment.viewing_ms, playback, qc,
+                _db_now(judgment.created_at)])
+        except IntegrityError:
+            # The lease is locked and live, so only the key can collide: it was used for
+            # another lease (the same lease's retry was answered above).
+            raise refusal("key_reused") from None
+        judgment.pk = cursor.fetchone()[0]
+        cursor.execute(_ANSWERED, [AssignmentStatus.SUBMITTED, lease.id])
+        passed, failed = _probe_counts(judgment.qc)
+        cursor.execute(_COUNT_ON_RATER, [passed, failed, failed, lease.block_after,
+                                         lease.seat.enrollment_id])
+        n, n_failed, blocked = cursor.fetchone()
+    lease.seat.n_judgments, lease.seat.probes_failed = n, n_failed
+    lease.seat.blocked = bool(blocked)
+
+
+def _top_up(seat: Seat, wanted: bool) -> NextResult | None:
+    """The rater's leases topped up after an answer (stored already: a failure here is logged
+    and the page asks for its next items on its own)."""
+    if not wanted:
+        return None
+    try:
+        # A savepoint only inside a caller's transaction (a retry's): its own statements
+        # are atomic where they need to be.
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+            return seat_top_up(seat)
+    except DatabaseError:
+        logger.exception("topping up rater %s's leases in campaign %s failed", seat.rater_id,
+                         seat.pk)
+        return None
 
 
 def group_pairs(judgment: Judgment, weights: dict[str, float]) -> list[tuple[int, int, float]]:

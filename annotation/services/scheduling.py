@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
@@ -45,6 +46,27 @@ class LeaseError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+_REFUSALS = {
+    "no_such_assignment": (404, "no such assignment"),
+    "not_your_lease": (403, "this item is leased to someone else"),
+    "already_answered": (409, "this item has already been answered"),
+    "lease_expired": (410, "the lease on this item expired; load the next item"),
+    "key_reused": (409, "idempotency_key: already used for another item"),
+}
+
+
+def refusal(code: str) -> LeaseError:
+    """The refusal named ``code`` (the database functions answer with these codes too)."""
+    status, message = _REFUSALS[code]
+    return LeaseError(status, code, message)
+
+
+def db_functions() -> bool:
+    """Whether the rating calls use the database functions of migration 0003 (PostgreSQL,
+    unless ``RATING_DB_FUNCTIONS`` is off) instead of the portable statements."""
+    return connection.vendor == "postgresql" and settings.RATING_DB_FUNCTIONS
 
 
 @dataclass
@@ -161,17 +183,32 @@ _LIVE_LEASES = (
 )
 
 
-def _live_leases(seat: Seat) -> list[Assignment]:
-    with connection.cursor() as cursor:
-        cursor.execute(_LIVE_LEASES, [seat.rater_id, seat.pk, AssignmentStatus.ACTIVE,
-                                      _db_now()])
-        rows = cursor.fetchall()
+def _leases_from_rows(seat: Seat, rows) -> list[Assignment]:
+    """Live leases from rows of (id, token, item, probe, repeat of, order, leased, expires)."""
     return [Assignment(id=pk, token=uuid.UUID(str(token)), campaign_id=seat.pk, item_id=item,
                        rater_id=seat.rater_id, probe=probe, repeat_of_id=repeat_of,
                        order=json.loads(order) if isinstance(order, str) else order,
                        status=AssignmentStatus.ACTIVE, leased_at=_dt(leased),
                        heartbeat_at=_dt(leased), expires_at=_dt(expires))
             for pk, token, item, probe, repeat_of, order, leased, expires in rows]
+
+
+def _live_leases(seat: Seat) -> list[Assignment]:
+    with connection.cursor() as cursor:
+        cursor.execute(_LIVE_LEASES, [seat.rater_id, seat.pk, AssignmentStatus.ACTIVE,
+                                      _db_now()])
+        return _leases_from_rows(seat, cursor.fetchall())
+
+
+def _top_up_in_db(seat: Seat) -> list[Assignment]:
+    """Regular leases up to ``PREFETCH`` and the live list, in one call (migration 0003)."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM annotation_top_up(%s, %s, %s, %s, %s, %s, %s, %s)", [
+            seat.pk, seat.rater_id, seat.overlap, seat.active_order, PREFETCH,
+            seat.per_rater_limit - seat.n_judgments, now,
+            now + timedelta(seconds=seat.lease_seconds)])
+        return _leases_from_rows(seat, cursor.fetchall())
 
 
 def assignments_next(*, rater, campaign_slug: str, campaign_id: int | None = None
@@ -204,14 +241,24 @@ def seat_top_up(seat: Seat) -> NextResult:
     if seat.status != CampaignStatus.ACTIVE:
         result.state = "paused" if seat.status != CampaignStatus.CLOSED else "finished"
         return result
-    live = _live_leases(seat)
-    room = seat.per_rater_limit - seat.n_judgments - len(live)
-    while len(live) < PREFETCH and room > 0:
-        new = _lease_one(seat, regular_only=not live and seat.n_judgments == 0)
-        if new is None:
-            break
-        live.append(new)
-        room -= 1
+    # Whether each lease this call may grant is a probe, drawn up front: when none is, the
+    # database functions grant them all in one call (probes take the portable path).
+    draws = [_draw_probe(seat) for _ in range(PREFETCH)]
+    if db_functions() and not any(draws):
+        live = _top_up_in_db(seat)
+    else:
+        live = _live_leases(seat)
+        room = seat.per_rater_limit - seat.n_judgments - len(live)
+        for probe in draws:
+            if len(live) >= PREFETCH or room <= 0:
+                break
+            # A rater's first item is always a regular one (a probe first would tell them
+            # what probes look like).
+            new = _lease_one(seat, probe=None if not live and seat.n_judgments == 0 else probe)
+            if new is None:
+                break
+            live.append(new)
+            room -= 1
     result.assignments = live
     if not live:
         result.state = "finished"
@@ -221,22 +268,24 @@ def seat_top_up(seat: Seat) -> NextResult:
     return result
 
 
-def _lease_one(seat: Seat, *, regular_only: bool) -> Assignment | None:
-    """One new lease: a probe at the campaign's rates, otherwise the next regular item.
-
-    A rater's first item is always a regular one (a probe first would tell them what probes
-    look like). Probes are served only while regular items remain.
-    """
+def _draw_probe(seat: Seat) -> str | None:
+    """A probe kind at the campaign's rates, or None for a regular item."""
     draw = _rng.random()
-    probe = None
-    if not regular_only:
-        if draw < seat.gold_rate:
-            probe = Probe.GOLD
-        elif draw < seat.gold_rate + seat.catch_rate:
-            probe = Probe.CATCH
-        elif draw < seat.gold_rate + seat.catch_rate + seat.repeat_rate:
-            probe = Probe.REPEAT
-    with transaction.atomic():
+    if draw < seat.gold_rate:
+        return Probe.GOLD
+    if draw < seat.gold_rate + seat.catch_rate:
+        return Probe.CATCH
+    if draw < seat.gold_rate + seat.catch_rate + seat.repeat_rate:
+        return Probe.REPEAT
+    return None
+
+
+def _lease_one(seat: Seat, *, probe: str | None) -> Assignment | None:
+    """One new lease: the probe asked for if one can be served, otherwise the next regular
+    item. Probes are served only while regular items remain."""
+    # One transaction holds the picked item's lock until the lease is written; inside the
+    # caller's (an answer topping up), no savepoint of its own: the caller has one.
+    with transaction.atomic(savepoint=False):
         # A probe takes a regular item's place, so it is served only while the rater could
         # have had a regular one.
         if probe is not None and _pick(seat, lock=False) is not None:
@@ -381,11 +430,21 @@ def assignment_heartbeat(*, rater, token: str, campaign_id: int | None = None) -
 
     ``campaign_id``, when given (the rater's API token names it), must be the lease's.
     """
+    if db_functions():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM annotation_heartbeat(%s, %s, %s)",
+                           [_db_uuid(token), rater.pk, timezone.now()])
+            code, lease_campaign, expires = cursor.fetchone()
+        if campaign_id is not None and lease_campaign != campaign_id:
+            code = "no_such_assignment"
+        if code != "ok":
+            raise refusal(code)
+        return expires
     with connection.cursor() as cursor:
         cursor.execute(_LEASE_STATE, [_db_uuid(token)])
         row = cursor.fetchone()
         if row is None or (campaign_id is not None and row[3] != campaign_id):
-            raise LeaseError(404, "no_such_assignment", "no such assignment")
+            raise refusal("no_such_assignment")
         rater_id, status, expires_at, lease_campaign, lease_seconds = row
         _check_lease(rater, rater_id, status, _dt(expires_at))
         now = timezone.now()
@@ -398,12 +457,11 @@ def assignment_heartbeat(*, rater, token: str, campaign_id: int | None = None) -
 
 def _check_lease(rater, rater_id: int, status: str, expires_at: datetime) -> None:
     if rater_id != rater.pk:
-        raise LeaseError(403, "not_your_lease", "this item is leased to someone else")
+        raise refusal("not_your_lease")
     if status == AssignmentStatus.SUBMITTED:
-        raise LeaseError(409, "already_answered", "this item has already been answered")
+        raise refusal("already_answered")
     if status == AssignmentStatus.EXPIRED or expires_at <= timezone.now():
-        raise LeaseError(410, "lease_expired", "the lease on this item expired; load the next "
-                                               "item")
+        raise refusal("lease_expired")
 
 
 def assignments_expire(*, now: datetime | None = None) -> int:

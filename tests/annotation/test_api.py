@@ -58,6 +58,9 @@ def test_media_is_served_only_to_the_rater_holding_the_lease(campaign):
     assert client_for(other).get(url).status_code == 404
     assert Client().get(url).status_code == 404
     assert client_for(user).get(url[:-6] + "xxxxx/").status_code == 404
+    token = url.split("/")[-3]
+    forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+    assert client_for(user).get(url.replace(token, forged)).status_code == 404
 
 
 def test_api_answers_every_bad_request_with_a_clear_4xx(campaign):
