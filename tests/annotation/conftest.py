@@ -79,3 +79,11 @@ def researcher(db):
     user = get_user_model().objects.create_user("res", password="pw-res-1234")
     role_add(user, RESEARCHER)
     return user
+
+
+@pytest.fixture(params=["db-functions", "portable"])
+def both_rating_paths(request, settings):
+    """Runs a test twice: through the PostgreSQL functions and through the portable statements
+    (what SQLite uses), so the two stay the same."""
+    settings.RATING_DB_FUNCTIONS = request.param == "db-functions"
+    return request.param

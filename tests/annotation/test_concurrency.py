@@ -19,6 +19,9 @@ from annotation.simulation import HttpTransport, Rater
 from tests.annotation.conftest import make_campaign, make_corpus
 from tests.conftest import require_real_services
 
+# Each test runs through the database functions and through the portable statements.
+pytestmark = pytest.mark.usefixtures("both_rating_paths")
+
 RATERS = 50
 DEADLINE_S = 90  # every rater stops by then, whatever happens
 

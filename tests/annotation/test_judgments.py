@@ -8,6 +8,9 @@ from annotation.services.judgments import group_pairs, judgment_submit
 from annotation.services.scheduling import LeaseError, assignments_next
 from tests.annotation.conftest import enrol, make_campaign
 
+# Each test runs through the database functions and through the portable statements.
+pytestmark = pytest.mark.usefixtures("both_rating_paths")
+
 
 @pytest.fixture
 def lease(corpus):

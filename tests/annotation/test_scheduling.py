@@ -17,6 +17,9 @@ from annotation.services.scheduling import (
 from annotation.tasks import expire_leases_task
 from tests.annotation.conftest import enrol, make_campaign
 
+# Each test runs through the database functions and through the portable statements.
+pytestmark = pytest.mark.usefixtures("both_rating_paths")
+
 
 def answer(user, lease, choice="left", **kw):
     import uuid
