@@ -11,15 +11,18 @@ the tests also run on PostgreSQL), with the same locks in the same order:
   rater in that campaign ``lease_seconds`` ahead;
 * ``annotation_answer``: lock the lease, check it, lock the item and only then read the clock,
   count the answer on the item, store the judgment, mark the lease answered, count it on the
-  rater (blocking after too many failed probes);
-* ``annotation_top_up``: lease regular items until the rater holds ``p_target`` live leases (or
-  has no quota left), then list the live leases. Each pick locks its item (``SKIP LOCKED``) and
+  rater (blocking after too many failed probes) and, asked to, top the rater's leases up with
+  ``annotation_top_up`` in a subtransaction of its own (its failure never costs the answer);
+* ``annotation_top_up``: lease items until the rater holds ``p_target`` live leases (or has no
+  quota left), then list the live leases. ``p_probes`` names, for each lease it may grant, the
+  probe drawn for it (gold, catch or repeat; empty for a regular item), served only while
+  regular items remain. Each pick locks its item (``SKIP LOCKED``) and
   the lease is written only if a re-count in a later statement (a fresh snapshot) still finds
   room under the overlap.
 
 Liveness is read from the database clock (``clock_timestamp()``) by the functions that
-write, so every comparison that guards the overlap uses one clock. Status and probe values are those of
-``AssignmentStatus`` and ``Probe``.
+write, so every comparison that guards the overlap uses one clock. Status and probe values
+are those of ``AssignmentStatus`` and ``Probe``.
 """
 
 from django.db import migrations
@@ -87,87 +90,10 @@ BEGIN
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION annotation_answer(
-    p_token uuid, p_rater bigint, p_key uuid, p_choice text, p_outcome text,
-    p_strength integer, p_reasons jsonb, p_scores jsonb, p_decision_ms integer,
-    p_viewing_ms integer, p_playback jsonb, p_qc jsonb, p_passed integer, p_failed integer,
-    p_now timestamptz)
-RETURNS TABLE (result text, judgment_id bigint, n_judgments integer, probes_failed integer,
-               blocked boolean)
-LANGUAGE plpgsql AS $fn$
-#variable_conflict use_column
-DECLARE
-    a record;
-    v_id bigint;
-BEGIN
-    SELECT x.id, x.rater_id, x.status, x.expires_at, x.item_id, x.probe, x."order",
-           x.campaign_id, c.block_after INTO a
-      FROM annotation_assignment x JOIN annotation_campaign c ON c.id = x.campaign_id
-     WHERE x.token = p_token
-       FOR NO KEY UPDATE OF x;
-    IF NOT FOUND THEN
-        RETURN QUERY SELECT 'no_such_assignment'::text, NULL::bigint, NULL::integer,
-                            NULL::integer, NULL::boolean;
-        RETURN;
-    END IF;
-    IF a.rater_id <> p_rater THEN
-        RETURN QUERY SELECT 'not_your_lease'::text, NULL::bigint, NULL::integer,
-                            NULL::integer, NULL::boolean;
-        RETURN;
-    END IF;
-    IF a.status <> 'active' OR a.expires_at <= clock_timestamp() THEN
-        -- A retry of the stored answer succeeds; anything else is refused.
-        SELECT j.id INTO v_id FROM annotation_judgment j
-         WHERE j.idempotency_key = p_key AND j.assignment_id = a.id;
-        IF FOUND THEN
-            RETURN QUERY SELECT 'stored_before'::text, v_id, NULL::integer, NULL::integer,
-                                NULL::boolean;
-        ELSE
-            RETURN QUERY SELECT (CASE WHEN a.status = 'submitted' THEN 'already_answered'
-                                      ELSE 'lease_expired' END)::text,
-                                NULL::bigint, NULL::integer, NULL::integer, NULL::boolean;
-        END IF;
-        RETURN;
-    END IF;
-    IF EXISTS (SELECT 1 FROM annotation_judgment j WHERE j.idempotency_key = p_key) THEN
-        RETURN QUERY SELECT 'key_reused'::text, NULL::bigint, NULL::integer, NULL::integer,
-                            NULL::boolean;
-        RETURN;
-    END IF;
-    IF a.probe = 'none' THEN
-        -- The item's lock first (leasing holds it while counting live leases), then the
-        -- clock: a lease a concurrent leaser already saw as expired is refused here.
-        PERFORM 1 FROM annotation_item i WHERE i.id = a.item_id FOR NO KEY UPDATE;
-        IF a.expires_at <= clock_timestamp() THEN
-            RETURN QUERY SELECT 'lease_expired'::text, NULL::bigint, NULL::integer,
-                                NULL::integer, NULL::boolean;
-            RETURN;
-        END IF;
-        UPDATE annotation_item SET n_judgments = n_judgments + 1 WHERE id = a.item_id;
-    END IF;
-    INSERT INTO annotation_judgment (
-        idempotency_key, assignment_id, campaign_id, item_id, rater_id, probe, "order",
-        choice, outcome, strength, reasons, scores, decision_ms, viewing_ms, playback, qc,
-        created_at)
-    VALUES (p_key, a.id, a.campaign_id, a.item_id, p_rater, a.probe, a."order", p_choice,
-            p_outcome, p_strength, p_reasons, p_scores, p_decision_ms, p_viewing_ms,
-            p_playback, p_qc, p_now)
-    RETURNING id INTO v_id;
-    UPDATE annotation_assignment SET status = 'submitted' WHERE id = a.id;
-    RETURN QUERY
-    UPDATE annotation_enrollment e
-       SET n_judgments = e.n_judgments + 1,
-           probes_passed = e.probes_passed + p_passed,
-           probes_failed = e.probes_failed + p_failed,
-           blocked = (e.blocked OR e.probes_failed + p_failed >= a.block_after)
-     WHERE e.campaign_id = a.campaign_id AND e.rater_id = p_rater
-    RETURNING 'stored'::text, v_id, e.n_judgments, e.probes_failed, e.blocked;
-END
-$fn$;
-
 CREATE OR REPLACE FUNCTION annotation_top_up(
     p_campaign bigint, p_rater bigint, p_overlap integer, p_active_order boolean,
-    p_target integer, p_quota_left integer, p_now timestamptz, p_expires timestamptz)
+    p_target integer, p_quota_left integer, p_now timestamptz, p_expires timestamptz,
+    p_probes text[])
 RETURNS TABLE (id bigint, token uuid, item_id bigint, probe text, repeat_of_id bigint,
                "order" jsonb, leased_at timestamptz, expires_at timestamptz)
 LANGUAGE plpgsql AS $fn$
@@ -176,8 +102,11 @@ DECLARE
     v_live integer;
     v_want integer;
     v_tries integer := 0;
+    v_granted integer := 0;
+    v_kind text;
     v_skip bigint[] := '{}';
     v_item record;
+    v_probe record;
 BEGIN
     SELECT count(*) INTO v_live FROM annotation_assignment l
      WHERE l.rater_id = p_rater AND l.campaign_id = p_campaign AND l.status = 'active'
@@ -185,6 +114,8 @@ BEGIN
     v_want := least(p_target - v_live, p_quota_left - v_live);
     WHILE v_want > 0 AND v_tries < 4 + p_target LOOP
         v_tries := v_tries + 1;
+        -- The next regular item (locked): also what tells whether probes may be served (only
+        -- while regular items remain).
         IF p_active_order THEN
             SELECT i.id, i.size INTO v_item FROM annotation_item i
              WHERE i.campaign_id = p_campaign AND i.probe = 'none'
@@ -215,6 +146,54 @@ BEGIN
              LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED;
         END IF;
         EXIT WHEN NOT FOUND;
+        v_kind := coalesce(p_probes[v_granted + 1], '');
+        IF v_kind IN ('gold', 'catch') THEN
+            -- A probe item of that kind the rater has never been shown, at random.
+            SELECT i.id, i.size INTO v_probe FROM annotation_item i
+             WHERE i.campaign_id = p_campaign AND i.probe = v_kind
+               AND NOT EXISTS (SELECT 1 FROM annotation_assignment m
+                                WHERE m.item_id = i.id AND m.rater_id = p_rater)
+             ORDER BY random() LIMIT 1;
+            IF FOUND THEN
+                INSERT INTO annotation_assignment (token, campaign_id, item_id, rater_id,
+                                                   probe, repeat_of_id, "order", status,
+                                                   leased_at, heartbeat_at, expires_at)
+                SELECT gen_random_uuid(), p_campaign, v_probe.id, p_rater, v_kind, NULL,
+                       (SELECT jsonb_agg(g ORDER BY random())
+                          FROM generate_series(0, v_probe.size - 1) g),
+                       'active', p_now, p_now, p_expires
+                ON CONFLICT DO NOTHING;
+                IF FOUND THEN
+                    v_want := v_want - 1;
+                    v_granted := v_granted + 1;
+                    CONTINUE;
+                END IF;
+            END IF;
+        ELSIF v_kind = 'repeat' THEN
+            -- One of the rater's own answered regular items, not repeated yet, sides swapped.
+            SELECT x.id, x.item_id, x."order" INTO v_probe FROM annotation_assignment x
+             WHERE x.rater_id = p_rater AND x.campaign_id = p_campaign
+               AND x.probe = 'none' AND x.status = 'submitted'
+               AND NOT EXISTS (SELECT 1 FROM annotation_assignment r
+                                WHERE r.repeat_of_id = x.id)
+             ORDER BY random() LIMIT 1;
+            IF FOUND THEN
+                INSERT INTO annotation_assignment (token, campaign_id, item_id, rater_id,
+                                                   probe, repeat_of_id, "order", status,
+                                                   leased_at, heartbeat_at, expires_at)
+                SELECT gen_random_uuid(), p_campaign, v_probe.item_id, p_rater, 'repeat',
+                       v_probe.id,
+                       (SELECT jsonb_agg(e ORDER BY n DESC)
+                          FROM jsonb_array_elements(v_probe."order") WITH ORDINALITY AS t(e, n)),
+                       'active', p_now, p_now, p_expires
+                ON CONFLICT DO NOTHING;
+                IF FOUND THEN
+                    v_want := v_want - 1;
+                    v_granted := v_granted + 1;
+                    CONTINUE;
+                END IF;
+            END IF;
+        END IF;
         v_skip := v_skip || v_item.id;
         -- Written only if a re-count (this statement's fresh snapshot, the item's lock held)
         -- still finds room; a second tab that took the item a moment earlier makes it write
@@ -234,6 +213,7 @@ BEGIN
         ON CONFLICT DO NOTHING;
         IF FOUND THEN
             v_want := v_want - 1;
+            v_granted := v_granted + 1;
         END IF;
     END LOOP;
     RETURN QUERY
@@ -245,26 +225,126 @@ BEGIN
      ORDER BY a.leased_at, a.id;
 END
 $fn$;
+
+CREATE OR REPLACE FUNCTION annotation_answer(
+    p_token uuid, p_rater bigint, p_key uuid, p_choice text, p_outcome text,
+    p_strength integer, p_reasons jsonb, p_scores jsonb, p_decision_ms integer,
+    p_viewing_ms integer, p_playback jsonb, p_qc jsonb, p_passed integer, p_failed integer,
+    p_now timestamptz, p_top_up boolean, p_target integer, p_expires timestamptz,
+    p_probes text[])
+RETURNS TABLE (result text, judgment_id bigint, n_judgments integer, probes_failed integer,
+               blocked boolean, leases jsonb)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    a record;
+    e record;
+    v_id bigint;
+    v_leases jsonb;
+BEGIN
+    SELECT x.id, x.rater_id, x.status, x.expires_at, x.item_id, x.probe, x."order",
+           x.campaign_id, c.block_after, c.status AS campaign_status, c.per_rater_limit,
+           c.overlap, c.active_order INTO a
+      FROM annotation_assignment x JOIN annotation_campaign c ON c.id = x.campaign_id
+     WHERE x.token = p_token
+       FOR NO KEY UPDATE OF x;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'no_such_assignment'::text, NULL::bigint, NULL::integer,
+                            NULL::integer, NULL::boolean, NULL::jsonb;
+        RETURN;
+    END IF;
+    IF a.rater_id <> p_rater THEN
+        RETURN QUERY SELECT 'not_your_lease'::text, NULL::bigint, NULL::integer,
+                            NULL::integer, NULL::boolean, NULL::jsonb;
+        RETURN;
+    END IF;
+    IF a.status <> 'active' OR a.expires_at <= clock_timestamp() THEN
+        -- A retry of the stored answer succeeds; anything else is refused.
+        SELECT j.id INTO v_id FROM annotation_judgment j
+         WHERE j.idempotency_key = p_key AND j.assignment_id = a.id;
+        IF FOUND THEN
+            RETURN QUERY SELECT 'stored_before'::text, v_id, NULL::integer, NULL::integer,
+                                NULL::boolean, NULL::jsonb;
+        ELSE
+            RETURN QUERY SELECT (CASE WHEN a.status = 'submitted' THEN 'already_answered'
+                                      ELSE 'lease_expired' END)::text,
+                                NULL::bigint, NULL::integer, NULL::integer, NULL::boolean,
+                                NULL::jsonb;
+        END IF;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM annotation_judgment j WHERE j.idempotency_key = p_key) THEN
+        RETURN QUERY SELECT 'key_reused'::text, NULL::bigint, NULL::integer, NULL::integer,
+                            NULL::boolean, NULL::jsonb;
+        RETURN;
+    END IF;
+    IF a.probe = 'none' THEN
+        -- The item's lock first (leasing holds it while counting live leases), then the
+        -- clock: a lease a concurrent leaser already saw as expired is refused here.
+        PERFORM 1 FROM annotation_item i WHERE i.id = a.item_id FOR NO KEY UPDATE;
+        IF a.expires_at <= clock_timestamp() THEN
+            RETURN QUERY SELECT 'lease_expired'::text, NULL::bigint, NULL::integer,
+                                NULL::integer, NULL::boolean, NULL::jsonb;
+            RETURN;
+        END IF;
+        UPDATE annotation_item SET n_judgments = n_judgments + 1 WHERE id = a.item_id;
+    END IF;
+    INSERT INTO annotation_judgment (
+        idempotency_key, assignment_id, campaign_id, item_id, rater_id, probe, "order",
+        choice, outcome, strength, reasons, scores, decision_ms, viewing_ms, playback, qc,
+        created_at)
+    VALUES (p_key, a.id, a.campaign_id, a.item_id, p_rater, a.probe, a."order", p_choice,
+            p_outcome, p_strength, p_reasons, p_scores, p_decision_ms, p_viewing_ms,
+            p_playback, p_qc, p_now)
+    RETURNING id INTO v_id;
+    UPDATE annotation_assignment SET status = 'submitted' WHERE id = a.id;
+    UPDATE annotation_enrollment en
+       SET n_judgments = en.n_judgments + 1,
+           probes_passed = en.probes_passed + p_passed,
+           probes_failed = en.probes_failed + p_failed,
+           blocked = (en.blocked OR en.probes_failed + p_failed >= a.block_after)
+     WHERE en.campaign_id = a.campaign_id AND en.rater_id = p_rater
+    RETURNING en.n_judgments, en.probes_failed, en.blocked INTO e;
+    IF p_top_up AND NOT e.blocked AND a.campaign_status = 'active' THEN
+        -- The rater's next items, in the same call. A failure there is the top-up's alone
+        -- (its own subtransaction): the answer stands and the page asks on its own.
+        BEGIN
+            SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.leased_at, t.id), '[]'::jsonb)
+              INTO v_leases
+              FROM annotation_top_up(a.campaign_id, p_rater, a.overlap, a.active_order,
+                                     p_target, a.per_rater_limit - e.n_judgments, p_now,
+                                     p_expires, p_probes) t;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'topping up rater % after judgment % failed: %', p_rater, v_id,
+                SQLERRM;
+            v_leases := NULL;
+        END;
+    END IF;
+    RETURN QUERY SELECT 'stored'::text, v_id, e.n_judgments, e.probes_failed, e.blocked,
+                        v_leases;
+END
+$fn$;
 """
 
 DROP = """
 DROP FUNCTION IF EXISTS annotation_lease_for_answer(uuid);
 DROP FUNCTION IF EXISTS annotation_heartbeat(uuid, bigint, timestamptz);
 DROP FUNCTION IF EXISTS annotation_answer(uuid, bigint, uuid, text, text, integer, jsonb, jsonb,
-    integer, integer, jsonb, jsonb, integer, integer, timestamptz);
+    integer, integer, jsonb, jsonb, integer, integer, timestamptz, boolean, integer, timestamptz,
+    text[]);
 DROP FUNCTION IF EXISTS annotation_top_up(bigint, bigint, integer, boolean, integer, integer,
-    timestamptz, timestamptz);
+    timestamptz, timestamptz, text[]);
 """
 
 
 def create(apps, schema_editor) -> None:
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(FUNCTIONS)
+        schema_editor.execute(FUNCTIONS, params=None)  # "%" is PL/pgSQL's, not a placeholder
 
 
 def drop(apps, schema_editor) -> None:
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DROP)
+        schema_editor.execute(DROP, params=None)
 
 
 class Migration(migrations.Migration):

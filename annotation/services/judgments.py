@@ -15,7 +15,7 @@ import math
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
@@ -28,6 +28,7 @@ from annotation.models import (
     Protocol,
 )
 from annotation.services.scheduling import (
+    PREFETCH,
     SEAT_COLUMNS,
     SEAT_WIDTH,
     LeaseError,
@@ -38,8 +39,12 @@ from annotation.services.scheduling import (
     _db_uuid,
     _dt,
     db_functions,
+    leases_from_rows,
+    probe_draws,
     refusal,
     seat_from_row,
+    seat_result,
+    seat_servable,
     seat_top_up,
 )
 
@@ -260,9 +265,12 @@ def judgment_submit(
             return Submitted(stored, created=False, next=_top_up(lease.seat, top_up))
         judgment = _judgment(lease, key, answer)
         was_blocked = lease.seat.blocked
-        stored = _store_in_db(lease, judgment)
+        stored, following = _store_in_db(lease, judgment, top_up=top_up)
         if stored is not None:  # the same answer, sent twice at once: the other one stored it
             return Submitted(stored, created=False, next=_top_up(lease.seat, top_up))
+        if following is not None or not top_up:
+            _log_blocked(rater, lease.seat, was_blocked)
+            return Submitted(judgment, created=True, next=following)
     else:
         with transaction.atomic():
             lease = _lease_for_answer(token, campaign_id, lock=True)
@@ -272,11 +280,14 @@ def judgment_submit(
             judgment = _judgment(lease, key, answer)
             was_blocked = lease.seat.blocked
             _store(lease, judgment)
-    seat = lease.seat
+    _log_blocked(rater, lease.seat, was_blocked)
+    return Submitted(judgment, created=True, next=_top_up(lease.seat, top_up))
+
+
+def _log_blocked(rater, seat: Seat, was_blocked: bool) -> None:
     if seat.blocked and not was_blocked:
         logger.warning("rater %s blocked in campaign %s after %d failed probes",
                        rater.pk, seat.pk, seat.probes_failed)
-    return Submitted(judgment, created=True, next=_top_up(seat, top_up))
 
 
 def _refused_or_stored_before(rater, lease: _Lease, key: uuid.UUID) -> Judgment | None:
@@ -332,32 +343,42 @@ def _json_params(judgment: Judgment) -> list:
             js(judgment.playback, None), js(judgment.qc, None)]
 
 
-def _store_in_db(lease: _Lease, judgment: Judgment) -> Judgment | None:
-    """One call to ``annotation_answer`` (migration 0003): lock, check, count, store. Returns
-    the judgment stored before under the same key for this lease, if it was."""
+def _store_in_db(lease: _Lease, judgment: Judgment, *, top_up: bool
+                 ) -> tuple[Judgment | None, NextResult | None]:
+    """One call to ``annotation_answer`` (migration 0003): lock, check, count, store and, with
+    ``top_up`` and a rater who may go on, the next items. Returns the judgment stored before
+    under the same key for this lease if it was, and the next items if they came."""
     reasons, scores, playback, qc = _json_params(judgment)
     passed, failed = _probe_counts(judgment.qc)
+    seat = lease.seat
+    top_up = top_up and seat_servable(seat)
+    expires = judgment.created_at + timedelta(seconds=seat.lease_seconds)
     try:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT * FROM annotation_answer(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s, %s)",
+                "%s, %s, %s, %s, %s, %s, %s, %s)",
                 [_db_uuid(lease.token), lease.rater_id, judgment.idempotency_key,
                  judgment.choice, judgment.outcome, judgment.strength, reasons, scores,
                  judgment.decision_ms, judgment.viewing_ms, playback, qc, passed, failed,
-                 judgment.created_at])
-            code, judgment_id, n, n_failed, blocked = cursor.fetchone()
+                 judgment.created_at, top_up, PREFETCH, expires, probe_draws(seat)])
+            code, judgment_id, n, n_failed, blocked, leases = cursor.fetchone()
     except IntegrityError:
         # Only the key can collide: another lease's answer took it a moment earlier.
         raise refusal("key_reused") from None
     if code == "stored_before":
-        return Judgment.objects.get(pk=judgment_id)
+        return Judgment.objects.get(pk=judgment_id), None
     if code != "stored":
         raise refusal(code)
     judgment.pk = judgment_id
-    lease.seat.n_judgments, lease.seat.probes_failed = n, n_failed
-    lease.seat.blocked = bool(blocked)
-    return None
+    seat.n_judgments, seat.probes_failed, seat.blocked = n, n_failed, bool(blocked)
+    if seat.blocked:
+        return None, seat_top_up(seat)  # says so, without leasing
+    if leases is None:
+        return None, None
+    rows = [(x["id"], x["token"], x["item_id"], x["probe"], x["repeat_of_id"], x["order"],
+             x["leased_at"], x["expires_at"]) for x in _json(leases)]
+    return None, seat_result(seat, leases_from_rows(seat, rows))
 
 
 def _store(lease: _Lease, judgment: Judgment) -> None:

@@ -183,7 +183,7 @@ _LIVE_LEASES = (
 )
 
 
-def _leases_from_rows(seat: Seat, rows) -> list[Assignment]:
+def leases_from_rows(seat: Seat, rows) -> list[Assignment]:
     """Live leases from rows of (id, token, item, probe, repeat of, order, leased, expires)."""
     return [Assignment(id=pk, token=uuid.UUID(str(token)), campaign_id=seat.pk, item_id=item,
                        rater_id=seat.rater_id, probe=probe, repeat_of_id=repeat_of,
@@ -197,18 +197,19 @@ def _live_leases(seat: Seat) -> list[Assignment]:
     with connection.cursor() as cursor:
         cursor.execute(_LIVE_LEASES, [seat.rater_id, seat.pk, AssignmentStatus.ACTIVE,
                                       _db_now()])
-        return _leases_from_rows(seat, cursor.fetchall())
+        return leases_from_rows(seat, cursor.fetchall())
 
 
-def _top_up_in_db(seat: Seat) -> list[Assignment]:
-    """Regular leases up to ``PREFETCH`` and the live list, in one call (migration 0003)."""
+def _top_up_in_db(seat: Seat, probes: list[str]) -> list[Assignment]:
+    """Leases up to ``PREFETCH`` and the live list, in one call (migration 0003); ``probes``:
+    the probe drawn for each lease it may grant."""
     now = timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute("SELECT * FROM annotation_top_up(%s, %s, %s, %s, %s, %s, %s, %s)", [
+        cursor.execute("SELECT * FROM annotation_top_up(%s, %s, %s, %s, %s, %s, %s, %s, %s)", [
             seat.pk, seat.rater_id, seat.overlap, seat.active_order, PREFETCH,
             seat.per_rater_limit - seat.n_judgments, now,
-            now + timedelta(seconds=seat.lease_seconds)])
-        return _leases_from_rows(seat, cursor.fetchall())
+            now + timedelta(seconds=seat.lease_seconds), probes])
+        return leases_from_rows(seat, cursor.fetchall())
 
 
 def assignments_next(*, rater, campaign_slug: str, campaign_id: int | None = None
@@ -227,45 +228,64 @@ def assignments_next(*, rater, campaign_slug: str, campaign_id: int | None = Non
     return seat_top_up(seat_from_row(row))
 
 
-def seat_top_up(seat: Seat) -> NextResult:
-    """The seat's live leases topped up to ``PREFETCH`` (or why none are served)."""
-    result = NextResult(seat=seat)
+def _seat_state(seat: Seat) -> str:
+    """Why no items are served to the seat, or ``rating``."""
     if not seat.rater_active:
         raise LeaseError(403, "account_disabled", "this account has been switched off")
     if seat.needs_consent and not seat.consented:
-        result.state = "consent"
-        return result
+        return "consent"
     if seat.blocked:
-        result.state = "blocked"
-        return result
+        return "blocked"
     if seat.status != CampaignStatus.ACTIVE:
-        result.state = "paused" if seat.status != CampaignStatus.CLOSED else "finished"
-        return result
-    # Whether each lease this call may grant is a probe, drawn up front: when none is, the
-    # database functions grant them all in one call (probes take the portable path).
-    draws = [_draw_probe(seat) for _ in range(PREFETCH)]
-    if db_functions() and not any(draws):
-        live = _top_up_in_db(seat)
-    else:
-        live = _live_leases(seat)
-        room = seat.per_rater_limit - seat.n_judgments - len(live)
-        for probe in draws:
-            if len(live) >= PREFETCH or room <= 0:
-                break
-            # A rater's first item is always a regular one (a probe first would tell them
-            # what probes look like).
-            new = _lease_one(seat, probe=None if not live and seat.n_judgments == 0 else probe)
-            if new is None:
-                break
-            live.append(new)
-            room -= 1
-    result.assignments = live
+        return "paused" if seat.status != CampaignStatus.CLOSED else "finished"
+    return "rating"
+
+
+def seat_servable(seat: Seat) -> bool:
+    return seat.rater_active and _seat_state(seat) == "rating"
+
+
+def probe_draws(seat: Seat) -> list[str]:
+    """For each lease a top-up may grant, the probe drawn for it ('' for a regular item). A
+    rater's first item is always a regular one (a probe first would tell them what probes
+    look like)."""
+    draws = [_draw_probe(seat) or "" for _ in range(PREFETCH)]
+    if seat.n_judgments == 0:
+        draws[0] = ""
+    return draws
+
+
+def seat_result(seat: Seat, live: list[Assignment]) -> NextResult:
+    """What the rater gets next, given their live leases after a top-up."""
+    result = NextResult(seat=seat, assignments=live)
     if not live:
         result.state = "finished"
         if not seat.finished:
             Enrollment.objects.filter(pk=seat.enrollment_id, finished_at=None).update(
                 finished_at=timezone.now())
     return result
+
+
+def seat_top_up(seat: Seat) -> NextResult:
+    """The seat's live leases topped up to ``PREFETCH`` (or why none are served)."""
+    state = _seat_state(seat)
+    if state != "rating":
+        return NextResult(seat=seat, state=state)
+    draws = probe_draws(seat)
+    if db_functions():
+        return seat_result(seat, _top_up_in_db(seat, draws))
+    live = _live_leases(seat)
+    room = seat.per_rater_limit - seat.n_judgments - len(live)
+    for probe in draws:
+        if len(live) >= PREFETCH or room <= 0:
+            break
+        # The first item a rater ever gets is a regular one, whatever was drawn.
+        new = _lease_one(seat, probe=None if not live and seat.n_judgments == 0 else probe)
+        if new is None:
+            break
+        live.append(new)
+        room -= 1
+    return seat_result(seat, live)
 
 
 def _draw_probe(seat: Seat) -> str | None:
@@ -280,7 +300,7 @@ def _draw_probe(seat: Seat) -> str | None:
     return None
 
 
-def _lease_one(seat: Seat, *, probe: str | None) -> Assignment | None:
+def _lease_one(seat: Seat, *, probe: str | None) -> Assignment | None:  # portable path
     """One new lease: the probe asked for if one can be served, otherwise the next regular
     item. Probes are served only while regular items remain."""
     # One transaction holds the picked item's lock until the lease is written; inside the
@@ -288,7 +308,7 @@ def _lease_one(seat: Seat, *, probe: str | None) -> Assignment | None:
     with transaction.atomic(savepoint=False):
         # A probe takes a regular item's place, so it is served only while the rater could
         # have had a regular one.
-        if probe is not None and _pick(seat, lock=False) is not None:
+        if probe and _pick(seat, lock=False) is not None:
             probed = _lease_probe(seat, probe)
             if probed is not None:
                 return probed
