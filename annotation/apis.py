@@ -16,6 +16,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_seriali
 from rest_framework import serializers, status
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.exceptions import AuthenticationFailed, NotFound
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
 from rest_framework.renderers import JSONRenderer
@@ -109,12 +110,24 @@ class RaterPrincipal:
     is_anonymous = False
 
 
+class JsonOnly(BaseContentNegotiation):
+    """The rating calls speak JSON only: no Accept header parsing (a measurable share of a
+    call that does one database round trip)."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0]
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class RaterApi(APIView):
     """The rating calls: the lean path (token or session, JSON in and out, nothing else)."""
 
     authentication_classes = [RaterTokenAuthentication, SessionAuthentication]
     parser_classes = [JSONParser]
     renderer_classes = [JSONRenderer]
+    content_negotiation_class = JsonOnly
     throttle_classes: list = []
 
     def scope(self) -> dict:

@@ -417,8 +417,8 @@ class Recorder:
             key = ("transport" if status == 0 else "409" if status == 409 else
                    "410" if status == 410 else f"{status // 100}xx")
             self.errors[f"{endpoint}:{key}"] = self.errors.get(f"{endpoint}:{key}", 0) + 1
-        if t0 < self.warmup_until:
-            return
+        if t0 < self.warmup_until and endpoint != "next":
+            return  # next is called when a rater starts, mostly within the warm-up: kept
         server = queries = db = None
         if bench:
             server, queries, db = (int(x) for x in bench.split(";"))

@@ -247,3 +247,60 @@ def test_campaign_page_draws_the_ratings(corpus, researcher):
     campaign_reprioritise(campaign_id=campaign.pk)
     page = client_for(researcher).get(reverse("annotation:campaign", args=[campaign.slug]))
     assert page.content.count(b"<svg") >= 1 and b"ground_truth" in page.content
+
+
+def _token_client(campaign, user) -> Client:
+    from annotation.services.enrollment import rater_token_make
+
+    enrollment = Enrollment.objects.get(campaign=campaign, rater=user)
+    return Client(HTTP_AUTHORIZATION="Rater " + rater_token_make(enrollment=enrollment))
+
+
+def test_the_rater_token_stands_for_the_session_on_the_rating_calls(campaign):
+    # given: a client with the page's token and no session (no cookie, no CSRF token)
+    (user,) = enrol(campaign)
+    c = _token_client(campaign, user)
+    # when: a full item
+    body = c.post(reverse("annotation:api-next", args=[campaign.slug])).json()
+    lease = body["assignments"][0]
+    assert c.post(reverse("annotation:api-heartbeat", args=[lease["id"]])).status_code == 200
+    res = c.post(reverse("annotation:api-judgment", args=[lease["id"]]),
+                 {"idempotency_key": str(uuid.uuid4()), "choice": "tie", "decision_ms": 5},
+                 content_type="application/json")
+    # then: stored as this rater, and the reply carries the next items (the one preloaded
+    # first)
+    assert res.status_code == 201
+    assert Judgment.objects.get(pk=res.json()["judgment"]).rater == user
+    carried = res.json()["next"]
+    assert carried["state"] == "rating" and carried["done"] == 1
+    assert carried["assignments"][0]["id"] == body["assignments"][1]["id"]
+
+
+def test_a_forged_expired_or_foreign_rater_token_is_refused(campaign, corpus, monkeypatch):
+    import annotation.services.enrollment as enrollment_services
+
+    (user,) = enrol(campaign)
+    good = _token_client(campaign, user)
+    lease = good.post(reverse("annotation:api-next", args=[campaign.slug])).json()[
+        "assignments"][0]
+    heartbeat = reverse("annotation:api-heartbeat", args=[lease["id"]])
+    token = good.defaults["HTTP_AUTHORIZATION"]
+    forged = Client(HTTP_AUTHORIZATION=token[:-1] + ("A" if token[-1] != "A" else "B"))
+    assert forged.post(heartbeat).status_code == 401
+    # The same rater enrolled in another campaign: that campaign's token cannot touch this
+    # campaign's leases or items.
+    other = make_campaign(corpus, slug="other", overlap=3)
+    Enrollment.objects.create(campaign=other, rater=user)
+    foreign = _token_client(other, user)
+    assert foreign.post(heartbeat).status_code == 404
+    assert foreign.post(reverse("annotation:api-next", args=[campaign.slug])).status_code == 404
+    answer = foreign.post(reverse("annotation:api-judgment", args=[lease["id"]]),
+                          {"idempotency_key": str(uuid.uuid4()), "choice": "tie",
+                           "decision_ms": 5}, content_type="application/json")
+    assert answer.status_code == 404
+    # A token older than its life: 401, and the page reloads for a fresh one.
+    later = enrollment_services.time.time() + enrollment_services.RATER_TOKEN_MAX_AGE_S + 1
+    monkeypatch.setattr(enrollment_services.time, "time", lambda: later)
+    expired = good.post(heartbeat)
+    assert expired.status_code == 401 and "reload" in expired.json()["detail"]
+    assert not Judgment.objects.exists()
