@@ -5,8 +5,9 @@ On this path a round trip costs far more than the statement it carries (about 0.
 code in ``annotation.services`` does statement by statement (which SQLite still uses, and which
 the tests also run on PostgreSQL), with the same locks in the same order:
 
-* ``annotation_lease_for_answer``: the lease an answer is checked against (its plan, a
-  four-table join that took longer to plan than to run, is kept by the function);
+* ``annotation_seat`` and ``annotation_lease_for_answer``: the rater's place in a campaign, and
+  the lease an answer is checked against (joins that took longer to plan than to run; the
+  functions keep their plans);
 * ``annotation_heartbeat``: check the lease is the rater's and live, move every live lease of the
   rater in that campaign ``lease_seconds`` ahead;
 * ``annotation_answer``: lock the lease, check it, lock the item and only then read the clock,
@@ -28,6 +29,31 @@ are those of ``AssignmentStatus`` and ``Probe``.
 from django.db import migrations
 
 FUNCTIONS = r"""
+CREATE OR REPLACE FUNCTION annotation_seat(p_slug text, p_rater bigint)
+RETURNS TABLE (
+    enrollment_id bigint, rater_id bigint, n_judgments integer, probes_failed integer,
+    blocked boolean, consented boolean, finished boolean, campaign_id bigint,
+    campaign_status text, needs_consent boolean, per_rater_limit integer, overlap integer,
+    active_order boolean, gold_rate float8, catch_rate float8, repeat_rate float8,
+    lease_seconds integer, warn_after integer, completion_code text, completion_url text,
+    rater_active boolean)
+LANGUAGE plpgsql STABLE AS $fn$
+BEGIN
+    -- The rater's place in a campaign (the portable path's query, planned once here).
+    RETURN QUERY
+    SELECT e.id, e.rater_id::bigint, e.n_judgments::integer, e.probes_failed::integer,
+           e.blocked, e.consented_at IS NOT NULL, e.finished_at IS NOT NULL, c.id,
+           c.status::text, c.consent_text <> '', c.per_rater_limit::integer,
+           c.overlap::integer, c.active_order, c.gold_rate, c.catch_rate, c.repeat_rate,
+           c.lease_seconds::integer, c.warn_after::integer, c.completion_code::text,
+           c.completion_url::text, u.is_active
+      FROM annotation_enrollment e
+      JOIN annotation_campaign c ON c.id = e.campaign_id
+      JOIN auth_user u ON u.id = e.rater_id
+     WHERE c.slug = p_slug AND e.rater_id = p_rater;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION annotation_heartbeat(p_token uuid, p_rater bigint, p_now timestamptz)
 RETURNS TABLE (result text, campaign_id bigint, expires timestamptz)
 LANGUAGE plpgsql AS $fn$
@@ -327,6 +353,7 @@ $fn$;
 """
 
 DROP = """
+DROP FUNCTION IF EXISTS annotation_seat(text, bigint);
 DROP FUNCTION IF EXISTS annotation_lease_for_answer(uuid);
 DROP FUNCTION IF EXISTS annotation_heartbeat(uuid, bigint, timestamptz);
 DROP FUNCTION IF EXISTS annotation_answer(uuid, bigint, uuid, text, text, integer, jsonb, jsonb,

@@ -221,7 +221,8 @@ def assignments_next(*, rater, campaign_slug: str, campaign_id: int | None = Non
     API token names it), must be the slug's.
     """
     with connection.cursor() as cursor:
-        cursor.execute(_SEAT_BY_SLUG, [campaign_slug, rater.pk])
+        cursor.execute("SELECT * FROM annotation_seat(%s, %s)" if db_functions()
+                       else _SEAT_BY_SLUG, [campaign_slug, rater.pk])
         row = cursor.fetchone()
     if row is None or (campaign_id is not None and row[7] != campaign_id):
         raise LeaseError(404, "not_enrolled", _NOT_ENROLLED)
