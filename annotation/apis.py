@@ -12,6 +12,7 @@ from django.core import signing
 from django.db import transaction
 from django.db.models import ProtectedError
 from django.urls import reverse
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
@@ -97,6 +98,18 @@ class RaterTokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return self.keyword
+
+
+class RaterTokenScheme(OpenApiAuthenticationExtension):
+    """The rater token in the OpenAPI schema (registered by being defined)."""
+
+    target_class = RaterTokenAuthentication
+    name = "raterToken"
+
+    def get_security_definition(self, auto_schema) -> dict:
+        return {"type": "apiKey", "in": "header", "name": "Authorization",
+                "description": "`Rater <token>`: the token the rate page is given (12 hours, "
+                               "one campaign's rating calls)."}
 
 
 @dataclass(frozen=True)
