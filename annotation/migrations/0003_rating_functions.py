@@ -141,7 +141,9 @@ BEGIN
     WHILE v_want > 0 AND v_tries < 4 + p_target LOOP
         v_tries := v_tries + 1;
         -- The next regular item (locked): also what tells whether probes may be served (only
-        -- while regular items remain).
+        -- while regular items remain). Two statements for the two serving orders, each
+        -- walking the ``item_serving_order`` index with a plan kept per connection (one
+        -- statement ordering by a CASE would sort every open item on each pick).
         IF p_active_order THEN
             SELECT i.id, i.size INTO v_item FROM annotation_item i
              WHERE i.campaign_id = p_campaign AND i.probe = 'none'

@@ -259,11 +259,9 @@ def judgment_submit(
     if db_functions():
         # Read the lease without a lock to check the answer against it; the function locks it
         # and checks again before storing (a lease's order and campaign never change).
-        lease = _lease_for_answer(token, campaign_id, lock=False)
-        stored = _refused_or_stored_before(rater, lease, key)
-        if stored is not None:
-            return Submitted(stored, created=False, next=_top_up(lease.seat, top_up))
-        judgment = _judgment(lease, key, answer)
+        lease, judgment = _checked(rater, token, campaign_id, key, answer, lock=False)
+        if judgment.pk is not None:  # a retry of the stored answer
+            return Submitted(judgment, created=False, next=_top_up(lease.seat, top_up))
         was_blocked = lease.seat.blocked
         stored, following = _store_in_db(lease, judgment, top_up=top_up)
         if stored is not None:  # the same answer, sent twice at once: the other one stored it
@@ -273,15 +271,22 @@ def judgment_submit(
             return Submitted(judgment, created=True, next=following)
     else:
         with transaction.atomic():
-            lease = _lease_for_answer(token, campaign_id, lock=True)
-            stored = _refused_or_stored_before(rater, lease, key)
-            if stored is not None:
-                return Submitted(stored, created=False, next=_top_up(lease.seat, top_up))
-            judgment = _judgment(lease, key, answer)
+            lease, judgment = _checked(rater, token, campaign_id, key, answer, lock=True)
+            if judgment.pk is not None:
+                return Submitted(judgment, created=False, next=_top_up(lease.seat, top_up))
             was_blocked = lease.seat.blocked
             _store(lease, judgment)
     _log_blocked(rater, lease.seat, was_blocked)
     return Submitted(judgment, created=True, next=_top_up(lease.seat, top_up))
+
+
+def _checked(rater, token: str, campaign_id: int | None, key: uuid.UUID, answer: dict, *,
+             lock: bool) -> tuple[_Lease, Judgment]:
+    """The lease and the judgment the answer makes (unsaved), or, for a retry of an answer
+    already stored, that judgment (saved). Raises the refusal otherwise."""
+    lease = _lease_for_answer(token, campaign_id, lock=lock)
+    stored = _refused_or_stored_before(rater, lease, key)
+    return lease, stored if stored is not None else _judgment(lease, key, answer)
 
 
 def _log_blocked(rater, seat: Seat, was_blocked: bool) -> None:
