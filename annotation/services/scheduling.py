@@ -3,11 +3,15 @@
 Invariant: for every regular item, judgments + live leases <= the campaign's overlap. Leasing
 picks the first item in the serving order whose judgments and live leases leave room (so that
 items held by other raters' leases are passed over in the same statement, however many raters
-there are), locks its row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so raters never queue
+there are), locks its row (``FOR NO KEY UPDATE SKIP LOCKED`` on PostgreSQL, so raters never queue
 behind each other) and re-counts its live leases in a fresh statement while holding the lock; a
 submission increments the item's judgment count under the same lock. A lease is live while
 ``expires_at`` is in the future; every heartbeat moves it ``lease_seconds`` ahead, so an
 abandoned page loses its items within that time (no fixed day-long locks).
+
+Two paths do this work: on PostgreSQL, one call per request to the functions of migration
+0003 (a round trip there costs more than the statements); elsewhere, and with
+``RATING_DB_FUNCTIONS`` off, the portable statements below, step by step in the same order.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from annotation.models import (
@@ -140,12 +144,6 @@ class NextResult:
     def warned(self) -> bool:
         """Failed enough probes to be told to watch more carefully (but not blocked)."""
         return self.seat.probes_failed >= self.seat.warn_after and not self.seat.blocked
-
-
-def _live(q: Q | None = None) -> Q:
-    now = timezone.now()
-    cond = Q(status=AssignmentStatus.ACTIVE, expires_at__gt=now)
-    return cond & q if q is not None else cond
 
 
 def enrollment_for(*, rater, campaign_slug: str) -> Enrollment:
