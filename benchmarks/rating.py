@@ -402,7 +402,7 @@ class RaterSession:
     queue: list[str] = field(default_factory=list)  # lease ids the last reply carried
     http: LeanHttp | None = None  # its connection during a load run
 
-    def headers(self, base: str) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
         """What the rate page sends with a rating call."""
         return {"Authorization": f"Rater {self.token}"}
 
@@ -489,12 +489,12 @@ class LeanHttp:
         self.reader = self.writer = None
 
 
-async def _post(http, base: str, rater: RaterSession, endpoint: str, path: str,
+async def _post(base: str, rater: RaterSession, endpoint: str, path: str,
                 body: dict | None, rec: Recorder, *, session: bool = False
                 ) -> tuple[int, dict | None]:
     t0 = time.perf_counter()
     status, data, bench = 0, None, None
-    headers = rater.session_headers(base) if session else rater.headers(base)
+    headers = rater.session_headers(base) if session else rater.headers()
     try:
         status, got, raw = await rater.http.post(path, body, headers)
         bench = got.get("x-bench")
@@ -526,14 +526,14 @@ def _leases(rec: Recorder, body: dict | None, endpoint: str) -> list[str]:
     return [a["id"] for a in body["assignments"]]
 
 
-async def one_judgment(http, base: str, rater: RaterSession, rec: Recorder,
+async def one_judgment(base: str, rater: RaterSession, rec: Recorder,
                        think: float, *, heartbeat: bool = True) -> bool:
     """What the rater page does for one item: the items on screen and preloading come with the
     previous answer's reply (``next`` when there was none: the first item, after an error, and
     for ``RELOAD_SHARE`` of the items, a page reload), a heartbeat while the clips play, then
     the answer."""
     if not rater.queue or rater.rng.random() < RELOAD_SHARE:
-        status, body = await _post(http, base, rater, "next", f"/api/rate/{SLUG}/next/", None,
+        status, body = await _post(base, rater, "next", f"/api/rate/{SLUG}/next/", None,
                                    rec)
         rater.queue = _leases(rec, body, "next") if status == 200 else []
         if not rater.queue:
@@ -542,11 +542,11 @@ async def one_judgment(http, base: str, rater: RaterSession, rec: Recorder,
     if think:
         await asyncio.sleep(think * rater.rng.uniform(0.6, 1.4))
     if heartbeat:
-        await _post(http, base, rater, "heartbeat", f"/api/assignments/{token}/heartbeat/",
+        await _post(base, rater, "heartbeat", f"/api/assignments/{token}/heartbeat/",
                     None, rec)
     if think:
         await asyncio.sleep(think * rater.rng.uniform(0.6, 1.4))
-    status, body = await _post(http, base, rater, "judgment",
+    status, body = await _post(base, rater, "judgment",
                                f"/api/assignments/{token}/judgment/", _answer(rater), rec)
     rater.queue = _leases(rec, body.get("next"), "judgment") if status == 201 and body else []
     if status == 201:
@@ -554,19 +554,19 @@ async def one_judgment(http, base: str, rater: RaterSession, rec: Recorder,
     return status == 201
 
 
-async def answer_only(http, base: str, rater: RaterSession, rec: Recorder,
+async def answer_only(base: str, rater: RaterSession, rec: Recorder,
                       think: float) -> bool:
     """One item as the page handles it when the rater answers within the heartbeat interval
     (a quarter of the lease time, 22.5 s by default): no heartbeat is due, so the answer is
     the only call."""
-    return await one_judgment(http, base, rater, rec, think, heartbeat=False)
+    return await one_judgment(base, rater, rec, think, heartbeat=False)
 
 
-async def session_judgment(http, base: str, rater: RaterSession, rec: Recorder,
+async def session_judgment(base: str, rater: RaterSession, rec: Recorder,
                            think: float) -> bool:
     """The same item through the session (cookie, CSRF token) with a separate next call
     before each answer: what a client that ignores the token and the carried items does."""
-    status, body = await _post(http, base, rater, "next", f"/api/rate/{SLUG}/next/", None,
+    status, body = await _post(base, rater, "next", f"/api/rate/{SLUG}/next/", None,
                                rec, session=True)
     leases = _leases(rec, body, "next") if status == 200 else []
     if not leases:
@@ -574,11 +574,11 @@ async def session_judgment(http, base: str, rater: RaterSession, rec: Recorder,
     token = leases[0]
     if think:
         await asyncio.sleep(think * rater.rng.uniform(0.6, 1.4))
-    status, _ = await _post(http, base, rater, "heartbeat",
+    status, _ = await _post(base, rater, "heartbeat",
                             f"/api/assignments/{token}/heartbeat/", None, rec, session=True)
     if think:
         await asyncio.sleep(think * rater.rng.uniform(0.6, 1.4))
-    status, _ = await _post(http, base, rater, "judgment",
+    status, _ = await _post(base, rater, "judgment",
                             f"/api/assignments/{token}/judgment/", _answer(rater), rec,
                             session=True)
     if status == 201:
@@ -586,12 +586,12 @@ async def session_judgment(http, base: str, rater: RaterSession, rec: Recorder,
     return status == 201
 
 
-async def floor_cycle(http, base: str, rater: RaterSession, rec: Recorder,
+async def floor_cycle(base: str, rater: RaterSession, rec: Recorder,
                       think: float) -> bool:
     """Two calls, as one judgment makes, to a rating view that does nothing (the rater token
     is checked): what the stack (gunicorn, middleware, DRF) costs before any rating work."""
     for endpoint in ("heartbeat", "judgment"):
-        status, _ = await _post(http, base, rater, endpoint, "/bench/floor/rater/", None, rec)
+        status, _ = await _post(base, rater, endpoint, "/bench/floor/rater/", None, rec)
         if status != 200:
             return False
     rec.judgments.append(time.perf_counter())
@@ -614,7 +614,7 @@ async def _load(base: str, raters: list[RaterSession], *, duration: float, pace:
             await asyncio.sleep(r.rng.uniform(0, pace))
         due = loop.time()
         while time.perf_counter() < stop and len(rec.judgments) < max_judgments:
-            ok = await cycle(http, base, r, rec, think=pace * 0.25)
+            ok = await cycle(base, r, rec, think=pace * 0.25)
             if not ok and not pace:
                 await asyncio.sleep(0.05)  # do not spin on a failing server
             if pace:
@@ -633,7 +633,6 @@ async def _load(base: str, raters: list[RaterSession], *, duration: float, pace:
     host, port = base.removeprefix("http://").rsplit(":", 1)
     for r in raters:
         r.http = LeanHttp(host, int(port))
-    http = None  # each rater has its own connection (r.http)
     try:
         await asyncio.gather(analyze_after_warmup(), *(rater_loop(r) for r in raters))
     finally:

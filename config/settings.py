@@ -80,7 +80,8 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'd
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
 if env.bool("DB_POOL", default=False) and DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # A pool (psycopg_pool) instead of one kept connection per thread: for a server that runs
-    # many requests at once in one process (gunicorn's gevent worker, see docs/deploy.md).
+    # many requests at once in one process (gunicorn's gevent worker, as the rating benchmark
+    # runs it; docs/annotation.md, Performance).
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 2, "max_size": env.int("DB_POOL_SIZE", default=8), "timeout": 10}
     DATABASES["default"]["CONN_MAX_AGE"] = 0

@@ -54,8 +54,9 @@ BEGIN
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION annotation_heartbeat(p_token uuid, p_rater bigint, p_now timestamptz)
-RETURNS TABLE (result text, campaign_id bigint, expires timestamptz)
+CREATE OR REPLACE FUNCTION annotation_heartbeat(p_token uuid, p_rater bigint,
+                                                p_campaign bigint, p_now timestamptz)
+RETURNS TABLE (result text, expires timestamptz)
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -65,22 +66,21 @@ BEGIN
     SELECT x.rater_id, x.status, x.expires_at, x.campaign_id, c.lease_seconds INTO a
       FROM annotation_assignment x JOIN annotation_campaign c ON c.id = x.campaign_id
      WHERE x.token = p_token;
-    IF NOT FOUND THEN
-        RETURN QUERY SELECT 'no_such_assignment'::text, NULL::bigint, NULL::timestamptz;
-        RETURN;
-    END IF;
-    IF a.rater_id <> p_rater THEN
-        RETURN QUERY SELECT 'not_your_lease'::text, a.campaign_id, NULL::timestamptz;
+    -- p_campaign: the campaign a rater token is bound to (NULL for a session).
+    IF NOT FOUND OR a.campaign_id <> coalesce(p_campaign, a.campaign_id) THEN
+        RETURN QUERY SELECT 'no_such_assignment'::text, NULL::timestamptz;
+    ELSIF a.rater_id <> p_rater THEN
+        RETURN QUERY SELECT 'not_your_lease'::text, NULL::timestamptz;
     ELSIF a.status = 'submitted' THEN
-        RETURN QUERY SELECT 'already_answered'::text, a.campaign_id, NULL::timestamptz;
+        RETURN QUERY SELECT 'already_answered'::text, NULL::timestamptz;
     ELSIF a.status <> 'active' OR a.expires_at <= clock_timestamp() THEN
-        RETURN QUERY SELECT 'lease_expired'::text, a.campaign_id, NULL::timestamptz;
+        RETURN QUERY SELECT 'lease_expired'::text, NULL::timestamptz;
     ELSE
         v_expires := p_now + make_interval(secs => a.lease_seconds);
         UPDATE annotation_assignment SET heartbeat_at = p_now, expires_at = v_expires
          WHERE rater_id = p_rater AND campaign_id = a.campaign_id AND status = 'active'
            AND expires_at > clock_timestamp();
-        RETURN QUERY SELECT 'ok'::text, a.campaign_id, v_expires;
+        RETURN QUERY SELECT 'ok'::text, v_expires;
     END IF;
 END
 $fn$;
@@ -116,6 +116,12 @@ BEGIN
 END
 $fn$;
 
+-- What the top-up leases next: an item (its size gives a fresh order of sides), the probe
+-- kind ('none' for a regular item) and, for a hidden repeat, the earlier lease and its sides
+-- swapped.
+CREATE TYPE annotation_lease_choice AS (item bigint, size integer, kind text,
+                                        repeat_of bigint, sides jsonb);
+
 CREATE OR REPLACE FUNCTION annotation_top_up(
     p_campaign bigint, p_rater bigint, p_overlap integer, p_active_order boolean,
     p_target integer, p_quota_left integer, p_now timestamptz, p_expires timestamptz,
@@ -130,9 +136,11 @@ DECLARE
     v_tries integer := 0;
     v_granted integer := 0;
     v_kind text;
+    v_probes text[] := p_probes;
     v_skip bigint[] := '{}';
     v_item record;
-    v_probe record;
+    v_probe annotation_lease_choice;
+    v_lease annotation_lease_choice;
 BEGIN
     SELECT count(*) INTO v_live FROM annotation_assignment l
      WHERE l.rater_id = p_rater AND l.campaign_id = p_campaign AND l.status = 'active'
@@ -174,74 +182,63 @@ BEGIN
              LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED;
         END IF;
         EXIT WHEN NOT FOUND;
-        v_kind := coalesce(p_probes[v_granted + 1], '');
+        -- The lease: the probe drawn for it if one can be served, otherwise the regular
+        -- item just picked.
+        v_kind := coalesce(v_probes[v_granted + 1], '');
+        v_lease := ROW(v_item.id, v_item.size, 'none', NULL::bigint, NULL::jsonb);
         IF v_kind IN ('gold', 'catch') THEN
             -- A probe item of that kind the rater has never been shown, at random.
-            SELECT i.id, i.size INTO v_probe FROM annotation_item i
+            SELECT i.id, i.size, v_kind, NULL::bigint, NULL::jsonb INTO v_probe
+              FROM annotation_item i
              WHERE i.campaign_id = p_campaign AND i.probe = v_kind
                AND NOT EXISTS (SELECT 1 FROM annotation_assignment m
                                 WHERE m.item_id = i.id AND m.rater_id = p_rater)
              ORDER BY random() LIMIT 1;
             IF FOUND THEN
-                INSERT INTO annotation_assignment (token, campaign_id, item_id, rater_id,
-                                                   probe, repeat_of_id, "order", status,
-                                                   leased_at, heartbeat_at, expires_at)
-                SELECT gen_random_uuid(), p_campaign, v_probe.id, p_rater, v_kind, NULL,
-                       (SELECT jsonb_agg(g ORDER BY random())
-                          FROM generate_series(0, v_probe.size - 1) g),
-                       'active', p_now, p_now, p_expires
-                ON CONFLICT DO NOTHING;
-                IF FOUND THEN
-                    v_want := v_want - 1;
-                    v_granted := v_granted + 1;
-                    CONTINUE;
-                END IF;
+                v_lease := v_probe;
             END IF;
         ELSIF v_kind = 'repeat' THEN
             -- One of the rater's own answered regular items, not repeated yet, sides swapped.
-            SELECT x.id, x.item_id, x."order" INTO v_probe FROM annotation_assignment x
+            SELECT x.item_id, 0, 'repeat', x.id,
+                   (SELECT jsonb_agg(e ORDER BY n DESC)
+                      FROM jsonb_array_elements(x."order") WITH ORDINALITY AS t(e, n))
+              INTO v_probe
+              FROM annotation_assignment x
              WHERE x.rater_id = p_rater AND x.campaign_id = p_campaign
                AND x.probe = 'none' AND x.status = 'submitted'
                AND NOT EXISTS (SELECT 1 FROM annotation_assignment r
                                 WHERE r.repeat_of_id = x.id)
              ORDER BY random() LIMIT 1;
             IF FOUND THEN
-                INSERT INTO annotation_assignment (token, campaign_id, item_id, rater_id,
-                                                   probe, repeat_of_id, "order", status,
-                                                   leased_at, heartbeat_at, expires_at)
-                SELECT gen_random_uuid(), p_campaign, v_probe.item_id, p_rater, 'repeat',
-                       v_probe.id,
-                       (SELECT jsonb_agg(e ORDER BY n DESC)
-                          FROM jsonb_array_elements(v_probe."order") WITH ORDINALITY AS t(e, n)),
-                       'active', p_now, p_now, p_expires
-                ON CONFLICT DO NOTHING;
-                IF FOUND THEN
-                    v_want := v_want - 1;
-                    v_granted := v_granted + 1;
-                    CONTINUE;
-                END IF;
+                v_lease := v_probe;
             END IF;
         END IF;
-        v_skip := v_skip || v_item.id;
-        -- Written only if a re-count (this statement's fresh snapshot, the item's lock held)
-        -- still finds room; a second tab that took the item a moment earlier makes it write
-        -- nothing.
+        IF (v_lease).kind = 'none' THEN
+            v_skip := v_skip || v_item.id;
+        END IF;
+        -- A regular lease is written only if a re-count (this statement's fresh snapshot, the
+        -- item's lock held) still finds room; probes are not part of the overlap. A second
+        -- tab that took the item a moment earlier makes it write nothing.
         INSERT INTO annotation_assignment (token, campaign_id, item_id, rater_id, probe,
                                            repeat_of_id, "order", status, leased_at,
                                            heartbeat_at, expires_at)
-        SELECT gen_random_uuid(), p_campaign, v_item.id, p_rater, 'none', NULL,
-               (SELECT jsonb_agg(g ORDER BY random())
-                  FROM generate_series(0, v_item.size - 1) g),
+        SELECT gen_random_uuid(), p_campaign, (v_lease).item, p_rater, (v_lease).kind,
+               (v_lease).repeat_of,
+               coalesce((v_lease).sides, (SELECT jsonb_agg(g ORDER BY random())
+                                            FROM generate_series(0, (v_lease).size - 1) g)),
                'active', p_now, p_now, p_expires
-         WHERE (SELECT i.n_judgments + (SELECT count(*) FROM annotation_assignment l
+         WHERE (v_lease).kind <> 'none'
+            OR (SELECT i.n_judgments + (SELECT count(*) FROM annotation_assignment l
                                          WHERE l.item_id = i.id AND l.status = 'active'
                                            AND l.expires_at > clock_timestamp()
                                            AND l.probe <> 'repeat')
-                  FROM annotation_item i WHERE i.id = v_item.id) < p_overlap
+                  FROM annotation_item i WHERE i.id = (v_lease).item) < p_overlap
         ON CONFLICT DO NOTHING;
         IF FOUND THEN
             v_want := v_want - 1;
             v_granted := v_granted + 1;
+        ELSIF (v_lease).kind <> 'none' THEN
+            v_probes[v_granted + 1] := '';  -- the probe could not be written: a regular item
         END IF;
     END LOOP;
     RETURN QUERY
@@ -357,12 +354,13 @@ $fn$;
 DROP = """
 DROP FUNCTION IF EXISTS annotation_seat(text, bigint);
 DROP FUNCTION IF EXISTS annotation_lease_for_answer(uuid);
-DROP FUNCTION IF EXISTS annotation_heartbeat(uuid, bigint, timestamptz);
+DROP FUNCTION IF EXISTS annotation_heartbeat(uuid, bigint, bigint, timestamptz);
 DROP FUNCTION IF EXISTS annotation_answer(uuid, bigint, uuid, text, text, integer, jsonb, jsonb,
     integer, integer, jsonb, jsonb, integer, integer, timestamptz, boolean, integer, timestamptz,
     text[]);
 DROP FUNCTION IF EXISTS annotation_top_up(bigint, bigint, integer, boolean, integer, integer,
     timestamptz, timestamptz, text[]);
+DROP TYPE IF EXISTS annotation_lease_choice;
 """
 
 

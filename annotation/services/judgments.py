@@ -34,11 +34,12 @@ from annotation.services.scheduling import (
     LeaseError,
     NextResult,
     Seat,
-    _check_lease,
-    _db_now,
-    _db_uuid,
-    _dt,
+    check_lease,
+    db_datetime,
     db_functions,
+    db_json,
+    db_now,
+    db_uuid,
     leases_from_rows,
     probe_draws,
     refusal,
@@ -101,7 +102,7 @@ def _check_playback(playback: object) -> dict:
 @dataclass
 class _Lease:
     """The answered lease and what checking an answer needs of its campaign and rater, read
-    in one locking statement."""
+    in one statement (which locks the lease on the portable path)."""
 
     id: int
     token: str
@@ -128,10 +129,6 @@ _LEASE_FOR_ANSWER = (  # built from constants only; every value is a parameter
 )
 
 
-def _json(value):
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def _lease_for_answer(token: str, campaign_id: int | None, *, lock: bool) -> _Lease:
     sql = _LEASE_FOR_ANSWER
     if db_functions() and not lock:
@@ -141,15 +138,15 @@ def _lease_for_answer(token: str, campaign_id: int | None, *, lock: bool) -> _Le
         sql += (" FOR NO KEY UPDATE OF a" if connection.features.has_select_for_no_key_update
                 else " FOR UPDATE OF a")
     with connection.cursor() as cursor:
-        cursor.execute(sql, [_db_uuid(token)])
+        cursor.execute(sql, [db_uuid(token)])
         row = cursor.fetchone()
     if row is None:
         raise refusal("no_such_assignment")
     seat = seat_from_row(row[12:12 + SEAT_WIDTH])
     if campaign_id is not None and seat.pk != campaign_id:
         raise refusal("no_such_assignment")
-    return _Lease(row[0], token, row[1], row[2], _dt(row[3]), row[4], row[5], row[6],
-                  _json(row[7]), row[8], bool(row[9]), _json(row[10]) or [], row[11], seat)
+    return _Lease(row[0], token, row[1], row[2], db_datetime(row[3]), row[4], row[5], row[6],
+                  db_json(row[7]), row[8], bool(row[9]), db_json(row[10]) or [], row[11], seat)
 
 
 def _pairwise(lease: _Lease, choice: object, strength: object, reasons: object
@@ -299,9 +296,9 @@ def _refused_or_stored_before(rater, lease: _Lease, key: uuid.UUID) -> Judgment 
     """Raises if the lease cannot take an answer, unless this is a retry of the answer it took
     (then that judgment)."""
     if not lease.seat.rater_active:
-        raise LeaseError(403, "account_disabled", "this account has been switched off")
+        raise refusal("account_disabled")
     try:
-        _check_lease(rater, lease.rater_id, lease.status, lease.expires_at)
+        check_lease(rater, lease.rater_id, lease.status, lease.expires_at)
     except LeaseError as exc:
         if exc.status not in (409, 410):
             raise
@@ -363,7 +360,7 @@ def _store_in_db(lease: _Lease, judgment: Judgment, *, top_up: bool
             cursor.execute(
                 "SELECT * FROM annotation_answer(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
                 "%s, %s, %s, %s, %s, %s, %s, %s)",
-                [_db_uuid(lease.token), lease.rater_id, judgment.idempotency_key,
+                [db_uuid(lease.token), lease.rater_id, judgment.idempotency_key,
                  judgment.choice, judgment.outcome, judgment.strength, reasons, scores,
                  judgment.decision_ms, judgment.viewing_ms, playback, qc, passed, failed,
                  judgment.created_at, top_up, PREFETCH, expires, probe_draws(seat)])
@@ -382,7 +379,7 @@ def _store_in_db(lease: _Lease, judgment: Judgment, *, top_up: bool
     if leases is None:
         return None, None
     rows = [(x["id"], x["token"], x["item_id"], x["probe"], x["repeat_of_id"], x["order"],
-             x["leased_at"], x["expires_at"]) for x in _json(leases)]
+             x["leased_at"], x["expires_at"]) for x in db_json(leases)]
     return None, seat_result(seat, leases_from_rows(seat, rows))
 
 
@@ -401,11 +398,11 @@ def _store(lease: _Lease, judgment: Judgment) -> None:
         try:
             # No savepoint: a refused insert ends the whole transaction (the count above too).
             cursor.execute(_INSERT, [
-                _db_uuid(judgment.idempotency_key), lease.id, lease.seat.pk, lease.item_id,
+                db_uuid(judgment.idempotency_key), lease.id, lease.seat.pk, lease.item_id,
                 lease.rater_id, lease.probe, connection.ops.adapt_json_value(lease.order, None),
                 judgment.choice, judgment.outcome, judgment.strength, reasons, scores,
                 judgment.decision_ms, judgment.viewing_ms, playback, qc,
-                _db_now(judgment.created_at)])
+                db_now(judgment.created_at)])
         except IntegrityError:
             # The lease is locked and live, so only the key can collide: it was used for
             # another lease (the same lease's retry was answered above).

@@ -58,6 +58,9 @@ _REFUSALS = {
     "already_answered": (409, "this item has already been answered"),
     "lease_expired": (410, "the lease on this item expired; load the next item"),
     "key_reused": (409, "idempotency_key: already used for another item"),
+    "account_disabled": (403, "this account has been switched off"),
+    "not_enrolled": (404, "you are not enrolled in this campaign; open the invite link you "
+                          "were given"),
 }
 
 
@@ -150,27 +153,29 @@ def enrollment_for(*, rater, campaign_slug: str) -> Enrollment:
     enrollment = (Enrollment.objects.select_related("campaign")
                   .filter(campaign__slug=campaign_slug, rater=rater).first())
     if enrollment is None:
-        raise LeaseError(404, "not_enrolled", _NOT_ENROLLED)
+        raise refusal("not_enrolled")
     return enrollment
 
 
-_NOT_ENROLLED = "you are not enrolled in this campaign; open the invite link you were given"
+def db_json(value):
+    """A JSON value read by a raw statement (Django has psycopg hand ``jsonb`` over as text)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
-def _dt(value) -> datetime:
+def db_datetime(value) -> datetime:
     """A datetime read by a raw statement: aware already on PostgreSQL, text on SQLite."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _db_uuid(value: uuid.UUID | str):
+def db_uuid(value: uuid.UUID | str):
     """A UUID as the database stores it (native on PostgreSQL, 32 hex digits on SQLite)."""
     value = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
     return value if connection.features.has_native_uuid_field else value.hex
 
 
-def _db_now(now: datetime | None = None):
+def db_now(now: datetime | None = None):
     return connection.ops.adapt_datetimefield_value(now or timezone.now())
 
 
@@ -185,16 +190,16 @@ def leases_from_rows(seat: Seat, rows) -> list[Assignment]:
     """Live leases from rows of (id, token, item, probe, repeat of, order, leased, expires)."""
     return [Assignment(id=pk, token=uuid.UUID(str(token)), campaign_id=seat.pk, item_id=item,
                        rater_id=seat.rater_id, probe=probe, repeat_of_id=repeat_of,
-                       order=json.loads(order) if isinstance(order, str) else order,
-                       status=AssignmentStatus.ACTIVE, leased_at=_dt(leased),
-                       heartbeat_at=_dt(leased), expires_at=_dt(expires))
+                       order=db_json(order),
+                       status=AssignmentStatus.ACTIVE, leased_at=db_datetime(leased),
+                       heartbeat_at=db_datetime(leased), expires_at=db_datetime(expires))
             for pk, token, item, probe, repeat_of, order, leased, expires in rows]
 
 
 def _live_leases(seat: Seat) -> list[Assignment]:
     with connection.cursor() as cursor:
         cursor.execute(_LIVE_LEASES, [seat.rater_id, seat.pk, AssignmentStatus.ACTIVE,
-                                      _db_now()])
+                                      db_now()])
         return leases_from_rows(seat, cursor.fetchall())
 
 
@@ -223,14 +228,14 @@ def assignments_next(*, rater, campaign_slug: str, campaign_id: int | None = Non
                        else _SEAT_BY_SLUG, [campaign_slug, rater.pk])
         row = cursor.fetchone()
     if row is None or (campaign_id is not None and row[7] != campaign_id):
-        raise LeaseError(404, "not_enrolled", _NOT_ENROLLED)
+        raise refusal("not_enrolled")
     return seat_top_up(seat_from_row(row))
 
 
 def _seat_state(seat: Seat) -> str:
     """Why no items are served to the seat, or ``rating``."""
     if not seat.rater_active:
-        raise LeaseError(403, "account_disabled", "this account has been switched off")
+        raise refusal("account_disabled")
     if seat.needs_consent and not seat.consented:
         return "consent"
     if seat.blocked:
@@ -248,7 +253,7 @@ def probe_draws(seat: Seat) -> list[str]:
     """For each lease a top-up may grant, the probe drawn for it ('' for a regular item). A
     rater's first item is always a regular one (a probe first would tell them what probes
     look like)."""
-    draws = [_draw_probe(seat) or "" for _ in range(PREFETCH)]
+    draws = [_draw_probe(seat) for _ in range(PREFETCH)]
     if seat.n_judgments == 0:
         draws[0] = ""
     return draws
@@ -278,8 +283,7 @@ def seat_top_up(seat: Seat) -> NextResult:
     for probe in draws:
         if len(live) >= PREFETCH or room <= 0:
             break
-        # The first item a rater ever gets is a regular one, whatever was drawn.
-        new = _lease_one(seat, probe=None if not live and seat.n_judgments == 0 else probe)
+        new = _lease_one(seat, probe=probe)
         if new is None:
             break
         live.append(new)
@@ -287,8 +291,8 @@ def seat_top_up(seat: Seat) -> NextResult:
     return seat_result(seat, live)
 
 
-def _draw_probe(seat: Seat) -> str | None:
-    """A probe kind at the campaign's rates, or None for a regular item."""
+def _draw_probe(seat: Seat) -> str:
+    """A probe kind at the campaign's rates, or '' for a regular item."""
     draw = _rng.random()
     if draw < seat.gold_rate:
         return Probe.GOLD
@@ -296,14 +300,15 @@ def _draw_probe(seat: Seat) -> str | None:
         return Probe.CATCH
     if draw < seat.gold_rate + seat.catch_rate + seat.repeat_rate:
         return Probe.REPEAT
-    return None
+    return ""
 
 
-def _lease_one(seat: Seat, *, probe: str | None) -> Assignment | None:  # portable path
-    """One new lease: the probe asked for if one can be served, otherwise the next regular
-    item. Probes are served only while regular items remain."""
-    # One transaction holds the picked item's lock until the lease is written; inside the
-    # caller's (an answer topping up), no savepoint of its own: the caller has one.
+def _lease_one(seat: Seat, *, probe: str) -> Assignment | None:  # portable path
+    """One new lease: the probe asked for ('' for none) if one can be served, otherwise the
+    next regular item. Probes are served only while regular items remain."""
+    # One transaction holds the picked item's lock until the lease is written; inside a
+    # caller's transaction no savepoint of its own (a caller that must outlive a failure here
+    # makes one, as ``judgments._top_up`` does).
     with transaction.atomic(savepoint=False):
         # A probe takes a regular item's place, so it is served only while the rater could
         # have had a regular one.
@@ -353,7 +358,7 @@ def _pick(seat: Seat, *, lock: bool, skip: list[int] | None = None) -> tuple[int
     leasers hold, so raters never queue behind each other."""
     sql = _PICK
     params = [seat.pk, Probe.NONE, seat.overlap, seat.rater_id, AssignmentStatus.ACTIVE,
-              AssignmentStatus.SUBMITTED, Probe.REPEAT, *_live_params(_db_now()), seat.overlap]
+              AssignmentStatus.SUBMITTED, Probe.REPEAT, *_live_params(db_now()), seat.overlap]
     if skip:
         sql += " AND i.id NOT IN (" + ", ".join(["%s"] * len(skip)) + ")"
         params += skip
@@ -382,14 +387,14 @@ def _new_lease(seat: Seat, item_id: int, size: int, *, probe: str = Probe.NONE,
         _rng.shuffle(order)
     token = uuid.uuid4()
     expires = now + timedelta(seconds=seat.lease_seconds)
-    db_now = _db_now(now)
+    now_db = db_now(now)
     with connection.cursor() as cursor:
         cursor.execute(_LEASE, [
-            _db_uuid(token), seat.pk, item_id, seat.rater_id, probe, repeat_of_id,
-            connection.ops.adapt_json_value(order, None), AssignmentStatus.ACTIVE, db_now,
-            db_now, _db_now(expires),
+            db_uuid(token), seat.pk, item_id, seat.rater_id, probe, repeat_of_id,
+            connection.ops.adapt_json_value(order, None), AssignmentStatus.ACTIVE, now_db,
+            now_db, db_now(expires),
             probe != Probe.NONE,  # probes are not part of the overlap
-            *_live_params(db_now), item_id, seat.overlap,
+            *_live_params(now_db), item_id, seat.overlap,
         ])
         row = cursor.fetchone()
     if row is None:
@@ -451,30 +456,28 @@ def assignment_heartbeat(*, rater, token: str, campaign_id: int | None = None) -
     """
     if db_functions():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT * FROM annotation_heartbeat(%s, %s, %s)",
-                           [_db_uuid(token), rater.pk, timezone.now()])
-            code, lease_campaign, expires = cursor.fetchone()
-        if campaign_id is not None and lease_campaign != campaign_id:
-            code = "no_such_assignment"
+            cursor.execute("SELECT * FROM annotation_heartbeat(%s, %s, %s, %s)",
+                           [db_uuid(token), rater.pk, campaign_id, timezone.now()])
+            code, expires = cursor.fetchone()
         if code != "ok":
             raise refusal(code)
         return expires
     with connection.cursor() as cursor:
-        cursor.execute(_LEASE_STATE, [_db_uuid(token)])
+        cursor.execute(_LEASE_STATE, [db_uuid(token)])
         row = cursor.fetchone()
         if row is None or (campaign_id is not None and row[3] != campaign_id):
             raise refusal("no_such_assignment")
         rater_id, status, expires_at, lease_campaign, lease_seconds = row
-        _check_lease(rater, rater_id, status, _dt(expires_at))
+        check_lease(rater, rater_id, status, db_datetime(expires_at))
         now = timezone.now()
         expires = now + timedelta(seconds=lease_seconds)
-        db_now = _db_now(now)
-        cursor.execute(_EXTEND, [db_now, _db_now(expires), rater.pk, lease_campaign,
-                                 AssignmentStatus.ACTIVE, db_now])
+        now_db = db_now(now)
+        cursor.execute(_EXTEND, [now_db, db_now(expires), rater.pk, lease_campaign,
+                                 AssignmentStatus.ACTIVE, now_db])
     return expires
 
 
-def _check_lease(rater, rater_id: int, status: str, expires_at: datetime) -> None:
+def check_lease(rater, rater_id: int, status: str, expires_at: datetime) -> None:
     if rater_id != rater.pk:
         raise refusal("not_your_lease")
     if status == AssignmentStatus.SUBMITTED:

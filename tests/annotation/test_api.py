@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
-from annotation.models import Enrollment, Invite, Judgment
+from annotation.models import Assignment, Enrollment, Invite, Judgment
 from annotation.roles import ADMIN, role_add
 from annotation.services.campaigns import invite_create
 from policy.models import Candidate, PolicyVersion
@@ -292,7 +292,9 @@ def test_a_forged_expired_or_foreign_rater_token_is_refused(campaign, corpus, mo
     other = make_campaign(corpus, slug="other", overlap=3)
     Enrollment.objects.create(campaign=other, rater=user)
     foreign = _token_client(other, user)
+    expires = Assignment.objects.get(token=lease["id"]).expires_at
     assert foreign.post(heartbeat).status_code == 404
+    assert Assignment.objects.get(token=lease["id"]).expires_at == expires  # nothing extended
     assert foreign.post(reverse("annotation:api-next", args=[campaign.slug])).status_code == 404
     answer = foreign.post(reverse("annotation:api-judgment", args=[lease["id"]]),
                           {"idempotency_key": str(uuid.uuid4()), "choice": "tie",
