@@ -25,9 +25,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.models import CRITERIA, CampaignStatus, Protocol
+from annotation.rater_calls import Reply, call_heartbeat, call_judgment, call_next
 from annotation.roles import is_researcher
 from annotation.selectors import (
-    assignments_payload,
     campaign_get_for,
     campaign_list_for,
     campaign_progress,
@@ -39,14 +39,8 @@ from annotation.services.campaigns import (
     invite_create,
 )
 from annotation.services.enrollment import consent_give, rater_token_read
-from annotation.services.judgments import CHOICES, judgment_submit
-from annotation.services.scheduling import (
-    LeaseError,
-    NextResult,
-    assignment_heartbeat,
-    assignments_next,
-    enrollment_for,
-)
+from annotation.services.judgments import CHOICES
+from annotation.services.scheduling import LeaseError, enrollment_for
 from policy.models import Dataset
 
 
@@ -143,9 +137,14 @@ class RaterApi(APIView):
     content_negotiation_class = JsonOnly
     throttle_classes: list = []
 
-    def scope(self) -> dict:
+    def campaign_id(self) -> int | None:
         """The campaign a rater token is bound to (none for a session)."""
-        return {"campaign_id": getattr(self.request.user, "campaign_id", None)}
+        return getattr(self.request.user, "campaign_id", None)
+
+    @staticmethod
+    def reply(reply: Reply) -> Response:
+        status_code, body = reply
+        return Response(body, status=status_code)
 
 
 class NextOutputSerializer(serializers.Serializer):
@@ -162,32 +161,11 @@ class NextOutputSerializer(serializers.Serializer):
                   "clips: [{video, poster}] in the order shown, expires_in}")
 
 
-_WARNING = ("Some of your recent answers did not match the checks built into this study. "
-            "Please watch each clip to the end before answering.")
-
-
-def _next_body(result: NextResult) -> dict:
-    finished = result.state == "finished"
-    return {
-        "state": result.state,
-        "done": result.done,
-        "quota": result.quota,
-        "warning": _WARNING if result.warned else "",
-        "completion_code": result.seat.completion_code if finished else "",
-        "completion_url": result.seat.completion_url if finished else "",
-        "assignments": assignments_payload(result.assignments),
-    }
-
-
 class NextApi(RaterApi):
     @extend_schema(request=None, responses={200: NextOutputSerializer, 404: _ERRORS[404]},
                    summary="The items to rate now (leases them)")
     def post(self, request, slug: str) -> Response:
-        try:
-            result = assignments_next(rater=request.user, campaign_slug=slug, **self.scope())
-        except LeaseError as exc:
-            return _lease_error(exc)
-        return Response(_next_body(result))
+        return self.reply(call_next(request.user, slug, self.campaign_id()))
 
 
 class ConsentApi(APIView):
@@ -209,15 +187,7 @@ class HeartbeatApi(RaterApi):
                    **{k: v for k, v in _ERRORS.items() if k != 400}},
         summary="Keep the rater's leases alive while clips play")
     def post(self, request, token: str) -> Response:
-        try:
-            expires = assignment_heartbeat(rater=request.user, token=token, **self.scope())
-        except LeaseError as exc:
-            return _lease_error(exc)
-        return Response({"expires_at": expires})
-
-
-_ANSWER_FIELDS = ("idempotency_key", "choice", "strength", "reasons", "scores", "decision_ms",
-                  "viewing_ms", "playback")
+        return self.reply(call_heartbeat(request.user, str(token), self.campaign_id()))
 
 
 class JudgmentApi(RaterApi):
@@ -253,22 +223,8 @@ class JudgmentApi(RaterApi):
                               **_ERRORS},
                    summary="Answer a leased item (exactly once); answers with the next items")
     def post(self, request, token: str) -> Response:
-        body = request.data
-        if not isinstance(body, dict):
-            return _error(400, "invalid", "expected a JSON object")
-        for name in ("idempotency_key", "decision_ms"):
-            if body.get(name) is None:
-                return _error(400, "invalid", f"{name}: this field is required")
-        answer = {k: body[k] for k in _ANSWER_FIELDS if body.get(k) is not None}
-        try:
-            submitted = judgment_submit(rater=request.user, token=token, top_up=True,
-                                        **answer, **self.scope())
-        except LeaseError as exc:
-            return _lease_error(exc)
-        out = {"stored": submitted.created, "judgment": submitted.judgment.pk}
-        if submitted.next is not None:
-            out["next"] = _next_body(submitted.next)
-        return Response(out, status=201 if submitted.created else 200)
+        return self.reply(call_judgment(request.user, str(token), request.data,
+                                        self.campaign_id()))
 
 
 # -- campaigns (researchers) ------------------------------------------------------------------

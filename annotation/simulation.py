@@ -13,8 +13,10 @@ the time), ``random``.
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import re
 import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -114,11 +116,15 @@ class Rater:
 class HttpTransport:
     """A rater's browser session against a running server: invite, CSRF, the three calls."""
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 30.0, token: bool = False) -> None:
+        """``token``: send the rating calls as the rate page does, with the rater token it is
+        handed (otherwise with the session cookie and the CSRF token)."""
         import httpx
 
         self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
                                    follow_redirects=False)
+        self.use_token = token
+        self.token = ""
 
     def join(self, invite_path: str, participant: str = "", crowd_param: str = "") -> None:
         params = {crowd_param: participant} if crowd_param and participant else {}
@@ -129,10 +135,19 @@ class HttpTransport:
         res = self.client.post(invite_path, data=data, headers={"Referer": str(page.url)})
         if res.status_code != 302:
             raise RuntimeError(f"joining through {invite_path} answered {res.status_code}")
+        if self.use_token:  # the rate page it is sent to hands its script the token
+            page = self.client.get(res.headers["location"])
+            page.raise_for_status()
+            config = re.search(r'<script id="rate-config" type="application/json">(.*?)'
+                               r"</script>", page.text, re.S)
+            self.token = json.loads(config.group(1))["token"]
 
     def _post(self, path: str, body: dict | None = None):
-        headers = {"X-CSRFToken": self.client.cookies.get("csrftoken") or "",
-                   "Referer": str(self.client.base_url) + "/"}
+        if self.use_token:
+            headers = {"Authorization": f"Rater {self.token}"}
+        else:
+            headers = {"X-CSRFToken": self.client.cookies.get("csrftoken") or "",
+                       "Referer": str(self.client.base_url) + "/"}
         return self.client.post(path, json=body, headers=headers)
 
     def next(self, slug: str):

@@ -258,8 +258,9 @@ class ServerConfig:
         py = sys.executable
         if self.kind == "runserver":
             return [py, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
-        argv = [py, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
-                "--workers", str(self.workers), "--worker-class", self.kind,
+        argv = [py, "-m", "gunicorn", "benchmarks.rating_settings:application",
+                "--bind", f"127.0.0.1:{port}", "--workers", str(self.workers),
+                "--worker-class", self.kind,
                 "--log-level", "warning", "--timeout", "60", "--graceful-timeout", "5"]
         if self.kind == "gthread":
             argv += ["--threads", str(self.threads)]
@@ -1075,6 +1076,7 @@ def main() -> None:
             "session_engine": settings.SESSION_ENGINE,
             "conn_max_age": settings.DATABASES["default"].get("CONN_MAX_AGE"),
             "middleware": settings.MIDDLEWARE,
+            "rating_fast_path": settings.RATING_FAST_PATH,
             "prefetch": scheduling.PREFETCH,
         }
         connection.close()

@@ -3,6 +3,10 @@ scheduling tests do not wait for the renderer; the browser test renders for real
 
 from __future__ import annotations
 
+import io
+import json
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
@@ -87,3 +91,97 @@ def both_rating_paths(request, settings):
     (what SQLite uses), so the two stay the same."""
     settings.RATING_DB_FUNCTIONS = request.param == "db-functions"
     return request.param
+
+
+class WsgiReply:
+    def __init__(self, status: str, headers: list[tuple[str, str]], content: bytes) -> None:
+        self.status_code = int(status.split()[0])
+        self.headers = {k.lower(): v for k, v in headers}
+        self.content = content
+
+    def __getitem__(self, name: str) -> str:
+        return self.headers[name.lower()]
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class WsgiClient:
+    """Requests through the project's WSGI application (config/wsgi.py: the rating fast path in
+    front of Django), in process; the subset of Django's test client the rating tests use."""
+
+    def __init__(self, **defaults: str) -> None:
+        self.defaults = defaults
+
+    def post(self, path: str, data=None, content_type: str = "application/json",
+             **extra: str) -> WsgiReply:
+        from config.wsgi import application
+
+        body = b"" if data is None else data if isinstance(data, bytes) else (
+            data if isinstance(data, str) else json.dumps(data)).encode()
+        environ = {
+            "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
+            "SERVER_NAME": "testserver", "SERVER_PORT": "80", "HTTP_HOST": "testserver",
+            "SERVER_PROTOCOL": "HTTP/1.1", "CONTENT_TYPE": content_type,
+            "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": io.StringIO(), "wsgi.url_scheme": "http", "wsgi.version": (1, 0),
+            "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+            **self.defaults, **extra,
+        }
+        got: list = []
+        with keep_test_connection():
+            chunks = application(environ, lambda status, headers, exc=None: got.extend(
+                [status, headers]))
+            content = b"".join(chunks)
+            if hasattr(chunks, "close"):
+                chunks.close()
+        return WsgiReply(got[0], got[1], content)
+
+
+@contextmanager
+def keep_test_connection():
+    """As Django's test client does around a request: the request signals do not close the
+    connection that holds the test's transaction."""
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        yield
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+
+
+@pytest.fixture(params=["api", "fast-path"])
+def rating_door(request):
+    """Runs a test twice: the rater token's requests through Django's test client (the REST
+    views) and through the WSGI application, where the fast path answers them."""
+    return request.param
+
+
+@pytest.fixture
+def project_server(transactional_db):
+    """The project's WSGI application (config/wsgi.py: the rating fast path in front of
+    Django) served from a thread on a free port, as gunicorn serves it; its base URL."""
+    import threading
+
+    from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+
+    from config.wsgi import application
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadedWSGIServer(("127.0.0.1", 0), Quiet, allow_reuse_address=False)
+    server.set_app(application)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -11,7 +11,7 @@ from annotation.models import Assignment, Enrollment, Invite, Judgment
 from annotation.roles import ADMIN, role_add
 from annotation.services.campaigns import invite_create
 from policy.models import Candidate, PolicyVersion
-from tests.annotation.conftest import SOURCES, enrol, make_campaign
+from tests.annotation.conftest import SOURCES, WsgiClient, enrol, make_campaign
 
 
 def client_for(user) -> Client:
@@ -249,17 +249,21 @@ def test_campaign_page_draws_the_ratings(corpus, researcher):
     assert page.content.count(b"<svg") >= 1 and b"ground_truth" in page.content
 
 
-def _token_client(campaign, user) -> Client:
+def _token_client(campaign, user, door: str = "api") -> Client | WsgiClient:
+    """A client with the rate page's credential: through Django's test client (the REST
+    views) or through the WSGI application (the fast path answers)."""
     from annotation.services.enrollment import rater_token_make
 
     enrollment = Enrollment.objects.get(campaign=campaign, rater=user)
-    return Client(HTTP_AUTHORIZATION="Rater " + rater_token_make(enrollment=enrollment))
+    auth = "Rater " + rater_token_make(enrollment=enrollment)
+    return Client(HTTP_AUTHORIZATION=auth) if door == "api" else WsgiClient(
+        HTTP_AUTHORIZATION=auth)
 
 
-def test_the_rater_token_stands_for_the_session_on_the_rating_calls(campaign):
+def test_the_rater_token_stands_for_the_session_on_the_rating_calls(campaign, rating_door):
     # given: a client with the page's token and no session (no cookie, no CSRF token)
     (user,) = enrol(campaign)
-    c = _token_client(campaign, user)
+    c = _token_client(campaign, user, rating_door)
     # when: a full item
     body = c.post(reverse("annotation:api-next", args=[campaign.slug])).json()
     lease = body["assignments"][0]
@@ -276,22 +280,24 @@ def test_the_rater_token_stands_for_the_session_on_the_rating_calls(campaign):
     assert carried["assignments"][0]["id"] == body["assignments"][1]["id"]
 
 
-def test_a_forged_expired_or_foreign_rater_token_is_refused(campaign, corpus, monkeypatch):
+def test_a_forged_expired_or_foreign_rater_token_is_refused(campaign, corpus, monkeypatch,
+                                                            rating_door):
     import annotation.services.enrollment as enrollment_services
 
     (user,) = enrol(campaign)
-    good = _token_client(campaign, user)
+    good = _token_client(campaign, user, rating_door)
+    door = Client if rating_door == "api" else WsgiClient
     lease = good.post(reverse("annotation:api-next", args=[campaign.slug])).json()[
         "assignments"][0]
     heartbeat = reverse("annotation:api-heartbeat", args=[lease["id"]])
     token = good.defaults["HTTP_AUTHORIZATION"]
-    forged = Client(HTTP_AUTHORIZATION=token[:-1] + ("A" if token[-1] != "A" else "B"))
+    forged = door(HTTP_AUTHORIZATION=token[:-1] + ("A" if token[-1] != "A" else "B"))
     assert forged.post(heartbeat).status_code == 401
     # The same rater enrolled in another campaign: that campaign's token cannot touch this
     # campaign's leases or items.
     other = make_campaign(corpus, slug="other", overlap=3)
     Enrollment.objects.create(campaign=other, rater=user)
-    foreign = _token_client(other, user)
+    foreign = _token_client(other, user, rating_door)
     expires = Assignment.objects.get(token=lease["id"]).expires_at
     assert foreign.post(heartbeat).status_code == 404
     assert Assignment.objects.get(token=lease["id"]).expires_at == expires  # nothing extended

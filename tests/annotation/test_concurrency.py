@@ -13,6 +13,7 @@ from django.db import connection
 from django.db.models import Count, F, Q
 from django.urls import reverse
 
+from annotation.fastpath import RatingFastPath
 from annotation.models import Assignment, Item, Judgment, Probe
 from annotation.services.campaigns import invite_create
 from annotation.simulation import HttpTransport, Rater
@@ -27,8 +28,19 @@ DEADLINE_S = 90  # every rater stops by then, whatever happens
 
 
 @pytest.mark.django_db(transaction=True)
-def test_fifty_raters_with_abandons_and_retries(live_server):
+@pytest.mark.parametrize("door", ["session", "rater-token"])
+def test_fifty_raters_with_abandons_and_retries(door, request):
+    """``session``: the raters sign in with the session cookie and the CSRF token, and Django
+    answers (the REST views); ``rater-token``: as the rate page, with its token, against the
+    project's WSGI application, where the fast path answers."""
     require_real_services()
+    base_url = (request.getfixturevalue("live_server").url if door == "session"
+                else request.getfixturevalue("project_server"))
+    fast = Counter()  # the calls the fast path answered
+    answer = RatingFastPath._answer
+    request.getfixturevalue("monkeypatch").setattr(
+        RatingFastPath, "_answer", staticmethod(
+            lambda rater, call, arg, body: fast.update([call]) or answer(rater, call, arg, body)))
     # given a campaign with probes and short leases, so abandoned items come back quickly
     campaign = make_campaign(make_corpus(episodes=12, seed=21), overlap=3, lease_seconds=3,
                              per_rater_limit=12, gold_rate=0.1, catch_rate=0.1, repeat_rate=0.1)
@@ -42,7 +54,7 @@ def test_fifty_raters_with_abandons_and_retries(live_server):
     def rater(index: int) -> None:
         rng = random.Random(index)
         sim = Rater("careful", rng)
-        client = HttpTransport(live_server.url)
+        client = HttpTransport(base_url, token=door == "rater-token")
         try:
             client.join(invite)
             while time.monotonic() < stop_at:
@@ -78,7 +90,13 @@ def test_fifty_raters_with_abandons_and_retries(live_server):
         for f in [pool.submit(rater, i) for i in range(RATERS)]:
             f.result()
 
-    # then: every forged submission was refused, every retry found its own judgment
+    # then: the fast path answered the page's calls, and only those
+    if door == "rater-token":
+        assert fast["judgment"] == sum(v for k, v in log.items() if k.split()[0] in
+                                       ("forged", "submit", "retry")), (fast, log)
+    else:
+        assert not fast
+    # every forged submission was refused, every retry found its own judgment
     assert log["submit 201"] > 50, log
     assert set(k for k in log if k.startswith("forged")) <= {"forged 403", "forged 409",
                                                              "forged 410"}, log
