@@ -15,7 +15,7 @@ import math
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
@@ -41,11 +41,10 @@ from annotation.services.scheduling import (
     db_now,
     db_uuid,
     leases_from_rows,
-    probe_draws,
+    probe_numbers,
     refusal,
     seat_from_row,
     seat_result,
-    seat_servable,
     seat_top_up,
 )
 
@@ -102,7 +101,7 @@ def _check_playback(playback: object) -> dict:
 @dataclass
 class _Lease:
     """The answered lease and what checking an answer needs of its campaign and rater, read
-    in one statement (which locks the lease on the portable path)."""
+    and locked in one statement (the portable path; ``annotation_answer`` does this itself)."""
 
     id: int
     token: str
@@ -129,11 +128,10 @@ _LEASE_FOR_ANSWER = (  # built from constants only; every value is a parameter
 )
 
 
-def _lease_for_answer(token: str, campaign_id: int | None, *, lock: bool) -> _Lease:
+def _lease_for_answer(token: str, campaign_id: int | None) -> _Lease:
+    """The lease, locked (portable path; ``annotation_answer`` reads it on PostgreSQL)."""
     sql = _LEASE_FOR_ANSWER
-    if db_functions() and not lock:
-        sql = "SELECT * FROM annotation_lease_for_answer(%s)"  # the same row, plan kept
-    if lock and connection.features.has_select_for_update_of:
+    if connection.features.has_select_for_update_of:
         # NO KEY: rows that merely reference the lease (checked at commit) are not held up.
         sql += (" FOR NO KEY UPDATE OF a" if connection.features.has_select_for_no_key_update
                 else " FOR UPDATE OF a")
@@ -149,41 +147,93 @@ def _lease_for_answer(token: str, campaign_id: int | None, *, lock: bool) -> _Le
                   db_json(row[7]), row[8], bool(row[9]), db_json(row[10]) or [], row[11], seat)
 
 
-def _pairwise(lease: _Lease, choice: object, strength: object, reasons: object
-              ) -> tuple[str, str, int | None, list[str]]:
-    if choice not in CHOICES:
-        raise _bad(f"choice: expected one of {', '.join(CHOICES)}, got {choice!r}")
-    if strength is not None:
-        if not lease.ask_strength:
-            raise _bad("strength: this campaign does not ask for strength")
-        if choice not in ("left", "right"):
-            raise _bad("strength: only for a left or right choice")
-        if not isinstance(strength, int) or isinstance(strength, bool) or not 1 <= strength <= 3:
-            raise _bad(f"strength: expected 1, 2 or 3, got {strength!r}")
+# The refusals of an answer that does not fit its lease's campaign: the same words on both paths
+# (``annotation_answer`` names them by these keys).
+_MISFITS = {
+    "scores_for_pairwise": "scores: this campaign is pairwise; send a choice",
+    "choice": f"choice: expected one of {', '.join(CHOICES)}",
+    "strength_not_asked": "strength: this campaign does not ask for strength",
+    "strength_side": "strength: only for a left or right choice",
+    "reasons": "reasons: expected a list of this campaign's reason tags",
+    "choice_for_group": "choice: this campaign scores groups; send scores",
+    "scores_count": "scores: expected a list of {} score sets, one per clip shown",
+}
+
+
+def _misfit(key: str, size: int | None = None) -> LeaseError:
+    return _bad(_MISFITS[key].format(size))
+
+
+@dataclass
+class _Answer:
+    """An answer whose shape is checked (what needs neither the lease nor its campaign)."""
+
+    choice: str | None
+    strength: int | None
+    reasons: list[str]
+    scores: list[dict[str, int]] | None  # in the order shown
+    decision_ms: int
+    viewing_ms: int
+    playback: dict
+
+
+def _shape(choice: object, strength: object, reasons: object, scores: object,
+           decision_ms: object, viewing_ms: object, playback: object) -> _Answer:
+    for name, value in (("decision_ms", decision_ms), ("viewing_ms", viewing_ms)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_MS:
+            raise _bad(f"{name}: expected milliseconds between 0 and {MAX_MS}")
+    if choice is not None and choice not in CHOICES:
+        raise _bad(f"{_MISFITS['choice']}, got {choice!r}")
+    if strength is not None and (not isinstance(strength, int) or isinstance(strength, bool)
+                                 or not 1 <= strength <= 3):
+        raise _bad(f"strength: expected 1, 2 or 3, got {strength!r}")
     reasons = reasons or []
-    if not isinstance(reasons, list) or any(r not in lease.reason_tags for r in reasons):
-        raise _bad("reasons: expected a list of this campaign's reason tags")
-    if choice in ("left", "right"):
-        slot = lease.order[0 if choice == "left" else 1]  # the item slot on that side
-        outcome = "a" if slot == 0 else "b"
-    else:
-        outcome = choice
-    return choice, outcome, strength, sorted(set(reasons))
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        raise _misfit("reasons")
+    if scores is not None:
+        if not isinstance(scores, list):
+            raise _bad("scores: expected a list of score sets, one per clip shown")
+        for position, entry in enumerate(scores):
+            if not isinstance(entry, dict) or set(entry) != set(CRITERIA):
+                raise _bad(f"scores[{position}]: expected the criteria {', '.join(CRITERIA)}")
+            for name, value in entry.items():
+                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 5:
+                    raise _bad(f"scores[{position}].{name}: expected an integer 1..5, "
+                               f"got {value!r}")
+        scores = [{c: entry[c] for c in CRITERIA} for entry in scores]
+    return _Answer(choice, strength, sorted(set(reasons)), scores, decision_ms, viewing_ms,
+                   _check_playback(playback))
 
 
-def _group(lease: _Lease, scores: object) -> list[dict[str, int]]:
+def _pairwise(lease: _Lease, answer: _Answer) -> str:
+    """The outcome in the item's terms; raises if the answer does not fit the campaign."""
+    if answer.scores is not None:
+        raise _misfit("scores_for_pairwise")
+    if answer.choice is None:
+        raise _bad(f"{_MISFITS['choice']}, got None")
+    if answer.strength is not None:
+        if not lease.ask_strength:
+            raise _misfit("strength_not_asked")
+        if answer.choice not in ("left", "right"):
+            raise _misfit("strength_side")
+    if any(r not in lease.reason_tags for r in answer.reasons):
+        raise _misfit("reasons")
+    if answer.choice in ("left", "right"):
+        slot = lease.order[0 if answer.choice == "left" else 1]  # the item slot on that side
+        return "a" if slot == 0 else "b"
+    return answer.choice
+
+
+def _group(lease: _Lease, answer: _Answer) -> list[dict[str, int]]:
     """Scores arrive in the order shown; they are stored in the item's slot order."""
+    if answer.choice is not None:
+        raise _misfit("choice_for_group")
     size = len(lease.order)  # one position per slot of the item
-    if not isinstance(scores, list) or len(scores) != size:
-        raise _bad(f"scores: expected a list of {size} score sets, one per clip shown")
+    if answer.scores is None or len(answer.scores) != size:
+        raise _misfit("scores_count", size)
     by_slot: list[dict[str, int] | None] = [None] * size
-    for position, entry in enumerate(scores):
-        if not isinstance(entry, dict) or set(entry) != set(CRITERIA):
-            raise _bad(f"scores[{position}]: expected the criteria {', '.join(CRITERIA)}")
-        for name, value in entry.items():
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 5:
-                raise _bad(f"scores[{position}].{name}: expected an integer 1..5, got {value!r}")
-        by_slot[lease.order[position]] = {c: entry[c] for c in CRITERIA}
+    for position, entry in enumerate(answer.scores):
+        by_slot[lease.order[position]] = entry
     return by_slot  # type: ignore[return-value]
 
 
@@ -247,43 +297,19 @@ def judgment_submit(
         key = uuid.UUID(str(idempotency_key))
     except ValueError:
         raise _bad("idempotency_key: expected a UUID") from None
-    for name, value in (("decision_ms", decision_ms), ("viewing_ms", viewing_ms)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_MS:
-            raise _bad(f"{name}: expected milliseconds between 0 and {MAX_MS}")
-    playback = _check_playback(playback)
-    answer = {"choice": choice, "strength": strength, "reasons": reasons, "scores": scores,
-              "decision_ms": decision_ms, "viewing_ms": viewing_ms, "playback": playback}
+    answer = _shape(choice, strength, reasons, scores, decision_ms, viewing_ms, playback)
     if db_functions():
-        # Read the lease without a lock to check the answer against it; the function locks it
-        # and checks again before storing (a lease's order and campaign never change).
-        lease, judgment = _checked(rater, token, campaign_id, key, answer, lock=False)
-        if judgment.pk is not None:  # a retry of the stored answer
-            return Submitted(judgment, created=False, next=_top_up(lease.seat, top_up))
-        was_blocked = lease.seat.blocked
-        stored, following = _store_in_db(lease, judgment, top_up=top_up)
-        if stored is not None:  # the same answer, sent twice at once: the other one stored it
+        return _submit_in_db(rater, token, campaign_id, key, answer, top_up=top_up)
+    with transaction.atomic():
+        lease = _lease_for_answer(token, campaign_id)
+        stored = _refused_or_stored_before(rater, lease, key)
+        if stored is not None:  # a retry of the stored answer
             return Submitted(stored, created=False, next=_top_up(lease.seat, top_up))
-        if following is not None or not top_up:
-            _log_blocked(rater, lease.seat, was_blocked)
-            return Submitted(judgment, created=True, next=following)
-    else:
-        with transaction.atomic():
-            lease, judgment = _checked(rater, token, campaign_id, key, answer, lock=True)
-            if judgment.pk is not None:
-                return Submitted(judgment, created=False, next=_top_up(lease.seat, top_up))
-            was_blocked = lease.seat.blocked
-            _store(lease, judgment)
+        judgment = _judgment(lease, key, answer)
+        was_blocked = lease.seat.blocked
+        _store(lease, judgment)
     _log_blocked(rater, lease.seat, was_blocked)
     return Submitted(judgment, created=True, next=_top_up(lease.seat, top_up))
-
-
-def _checked(rater, token: str, campaign_id: int | None, key: uuid.UUID, answer: dict, *,
-             lock: bool) -> tuple[_Lease, Judgment]:
-    """The lease and the judgment the answer makes (unsaved), or, for a retry of an answer
-    already stored, that judgment (saved). Raises the refusal otherwise."""
-    lease = _lease_for_answer(token, campaign_id, lock=lock)
-    stored = _refused_or_stored_before(rater, lease, key)
-    return lease, stored if stored is not None else _judgment(lease, key, answer)
 
 
 def _log_blocked(rater, seat: Seat, was_blocked: bool) -> None:
@@ -311,26 +337,21 @@ def _refused_or_stored_before(rater, lease: _Lease, key: uuid.UUID) -> Judgment 
     return None
 
 
-def _judgment(lease: _Lease, key: uuid.UUID, answer: dict) -> Judgment:
-    """The judgment the answer makes, checked against the lease (400 if malformed), unsaved."""
+def _judgment(lease: _Lease, key: uuid.UUID, answer: _Answer) -> Judgment:
+    """The judgment the answer makes, checked against the lease (400 if it does not fit),
+    unsaved."""
     fields: dict = {"scores": None, "choice": "", "outcome": "", "strength": None,
                     "reasons": []}
     if lease.protocol == Protocol.PAIRWISE:
-        if answer["scores"] is not None:
-            raise _bad("scores: this campaign is pairwise; send a choice")
-        c, outcome, s, r = _pairwise(lease, answer["choice"], answer["strength"],
-                                     answer["reasons"])
-        fields.update(choice=c, outcome=outcome, strength=s, reasons=r)
+        fields.update(choice=answer.choice, outcome=_pairwise(lease, answer),
+                      strength=answer.strength, reasons=answer.reasons)
     else:
-        if answer["choice"] is not None:
-            raise _bad("choice: this campaign scores groups; send scores")
-        fields["scores"] = _group(lease, answer["scores"])
+        fields["scores"] = _group(lease, answer)
     return Judgment(
         idempotency_key=key, assignment_id=lease.id, campaign_id=lease.seat.pk,
         item_id=lease.item_id, rater_id=lease.rater_id, probe=lease.probe, order=lease.order,
-        decision_ms=answer["decision_ms"], viewing_ms=answer["viewing_ms"],
-        playback=answer["playback"], qc=_qc(lease, fields["outcome"]),
-        created_at=timezone.now(), **fields)
+        decision_ms=answer.decision_ms, viewing_ms=answer.viewing_ms, playback=answer.playback,
+        qc=_qc(lease, fields["outcome"]), created_at=timezone.now(), **fields)
 
 
 def _probe_counts(qc: dict) -> tuple[int, int]:
@@ -345,42 +366,56 @@ def _json_params(judgment: Judgment) -> list:
             js(judgment.playback, None), js(judgment.qc, None)]
 
 
-def _store_in_db(lease: _Lease, judgment: Judgment, *, top_up: bool
-                 ) -> tuple[Judgment | None, NextResult | None]:
-    """One call to ``annotation_answer`` (migration 0003): lock, check, count, store and, with
-    ``top_up`` and a rater who may go on, the next items. Returns the judgment stored before
-    under the same key for this lease if it was, and the next items if they came."""
-    reasons, scores, playback, qc = _json_params(judgment)
-    passed, failed = _probe_counts(judgment.qc)
-    seat = lease.seat
-    top_up = top_up and seat_servable(seat)
-    expires = judgment.created_at + timedelta(seconds=seat.lease_seconds)
+_ANSWER_COLUMNS = 11  # annotation_answer's columns before the seat's (migration 0005)
+
+
+def _submit_in_db(rater, token: str, campaign_id: int | None, key: uuid.UUID, answer: _Answer,
+                  *, top_up: bool) -> Submitted:
+    """One call to ``annotation_answer`` (migration 0005): lock the lease, check it and the
+    answer against it, count, store and, with ``top_up`` and a rater who may go on, lease the
+    next items."""
+    js = connection.ops.adapt_json_value
+    now = timezone.now()
     try:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT * FROM annotation_answer(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s, %s, %s, %s, %s, %s)",
-                [db_uuid(lease.token), lease.rater_id, judgment.idempotency_key,
-                 judgment.choice, judgment.outcome, judgment.strength, reasons, scores,
-                 judgment.decision_ms, judgment.viewing_ms, playback, qc, passed, failed,
-                 judgment.created_at, top_up, PREFETCH, expires, probe_draws(seat)])
-            code, judgment_id, n, n_failed, blocked, leases = cursor.fetchone()
+                "%s, %s, %s, %s)",
+                [db_uuid(token), rater.pk, campaign_id, key, answer.choice, answer.strength,
+                 js(answer.reasons, None),
+                 None if answer.scores is None else js(answer.scores, None),
+                 answer.decision_ms, answer.viewing_ms, js(answer.playback, None), now, top_up,
+                 PREFETCH, probe_numbers()])
+            row = cursor.fetchone()
     except IntegrityError:
         # Only the key can collide: another lease's answer took it a moment earlier.
         raise refusal("key_reused") from None
-    if code == "stored_before":
-        return Judgment.objects.get(pk=judgment_id), None
-    if code != "stored":
+    (code, judgment_id, outcome, scores, qc, order, probe, item_id, assignment_id,
+     was_blocked, leases) = row[:_ANSWER_COLUMNS]
+    if code.startswith("invalid:"):
+        _, misfit, *size = code.split(":")
+        raise _misfit(misfit, *(int(n) for n in size))
+    if code not in ("stored", "stored_before"):
         raise refusal(code)
-    judgment.pk = judgment_id
-    seat.n_judgments, seat.probes_failed, seat.blocked = n, n_failed, bool(blocked)
-    if seat.blocked:
-        return None, seat_top_up(seat)  # says so, without leasing
-    if leases is None:
-        return None, None
+    seat = seat_from_row(row[_ANSWER_COLUMNS:_ANSWER_COLUMNS + SEAT_WIDTH])
+    if code == "stored_before":  # a retry of the stored answer (or the same, sent twice)
+        return Submitted(Judgment.objects.get(pk=judgment_id), created=False,
+                         next=_top_up(seat, top_up))
+    judgment = Judgment(
+        pk=judgment_id, idempotency_key=key, assignment_id=assignment_id, campaign_id=seat.pk,
+        item_id=item_id, rater_id=rater.pk, probe=probe, order=db_json(order),
+        choice=answer.choice or "", outcome=outcome, strength=answer.strength,
+        reasons=answer.reasons, scores=db_json(scores), decision_ms=answer.decision_ms,
+        viewing_ms=answer.viewing_ms, playback=answer.playback, qc=db_json(qc),
+        created_at=now)
+    _log_blocked(rater, seat, was_blocked)
+    if not top_up:
+        return Submitted(judgment, created=True)
+    if leases is None:  # not served (says why, without leasing), or the top-up failed
+        return Submitted(judgment, created=True, next=_top_up(seat, True))
     rows = [(x["id"], x["token"], x["item_id"], x["probe"], x["repeat_of_id"], x["order"],
              x["leased_at"], x["expires_at"]) for x in db_json(leases)]
-    return None, seat_result(seat, leases_from_rows(seat, rows))
+    return Submitted(judgment, created=True, next=seat_result(seat, leases_from_rows(seat, rows)))
 
 
 def _store(lease: _Lease, judgment: Judgment) -> None:

@@ -9,8 +9,8 @@ submission increments the item's judgment count under the same lock. A lease is 
 ``expires_at`` is in the future; every heartbeat moves it ``lease_seconds`` ahead, so an
 abandoned page loses its items within that time (no fixed day-long locks).
 
-Two paths do this work: on PostgreSQL, one call per request to the functions of migration
-0003 (a round trip there costs more than the statements); elsewhere, and with
+Two paths do this work: on PostgreSQL, one call per request to the functions of migrations
+0003 and 0005 (a round trip there costs more than the statements); elsewhere, and with
 ``RATING_DB_FUNCTIONS`` off, the portable statements below, step by step in the same order.
 """
 
@@ -71,8 +71,8 @@ def refusal(code: str) -> LeaseError:
 
 
 def db_functions() -> bool:
-    """Whether the rating calls use the database functions of migration 0003 (PostgreSQL,
-    unless ``RATING_DB_FUNCTIONS`` is off) instead of the portable statements."""
+    """Whether the rating calls use the database functions of migrations 0003 and 0005
+    (PostgreSQL, unless ``RATING_DB_FUNCTIONS`` is off) instead of the portable statements."""
     return connection.vendor == "postgresql" and settings.RATING_DB_FUNCTIONS
 
 
@@ -292,15 +292,25 @@ def seat_top_up(seat: Seat) -> NextResult:
 
 
 def _draw_probe(seat: Seat) -> str:
-    """A probe kind at the campaign's rates, or '' for a regular item."""
-    draw = _rng.random()
-    if draw < seat.gold_rate:
+    return probe_kind(seat, _rng.random())
+
+
+def probe_kind(seat: Seat, u: float) -> str:
+    """The probe kind a uniform number ``u`` in [0, 1) draws at the campaign's rates, or '' for
+    a regular item (``annotation_answer`` draws the same way from ``probe_numbers``)."""
+    if u < seat.gold_rate:
         return Probe.GOLD
-    if draw < seat.gold_rate + seat.catch_rate:
+    if u < seat.gold_rate + seat.catch_rate:
         return Probe.CATCH
-    if draw < seat.gold_rate + seat.catch_rate + seat.repeat_rate:
+    if u < seat.gold_rate + seat.catch_rate + seat.repeat_rate:
         return Probe.REPEAT
     return ""
+
+
+def probe_numbers() -> list[float]:
+    """Uniform numbers for the probe kinds of the leases a top-up may grant, for a caller that
+    does not know the campaign's rates yet (the database draws the kinds)."""
+    return [_rng.random() for _ in range(PREFETCH)]
 
 
 def _lease_one(seat: Seat, *, probe: str) -> Assignment | None:  # portable path

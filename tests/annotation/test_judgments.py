@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from annotation.models import Assignment, Judgment
+from annotation.models import CRITERIA, Assignment, Judgment
 from annotation.services.judgments import group_pairs, judgment_submit
 from annotation.services.scheduling import LeaseError, assignments_next
 from tests.annotation.conftest import enrol, make_campaign
@@ -72,7 +72,9 @@ def test_forged_and_replayed_submissions_are_refused(lease, case, status):
     ({"strength": 7}, "strength"),
     ({"strength": True}, "strength"),
     ({"reasons": ["not a tag"]}, "reasons"),
-    ({"scores": [{"empathy": 3}]}, "pairwise"),
+    ({"scores": [dict.fromkeys(CRITERIA, 3)] * 2}, "pairwise"),
+    ({"scores": [{"empathy": 3}]}, "criteria"),
+    ({"scores": "3 3 3"}, "list of score sets"),
     ({"decision_ms": -5}, "decision_ms"),
     ({"decision_ms": "fast"}, "decision_ms"),
     ({"idempotency_key": "not-a-uuid"}, "idempotency_key"),
@@ -109,6 +111,36 @@ def test_group_scores_are_stored_in_slot_order_and_give_pairs(corpus):
         judgment_submit(rater=user, token=str(b.token), idempotency_key=uuid.uuid4(),
                         scores=shown[:2], decision_ms=5)
     assert json.dumps(j.scores)
+
+
+@pytest.mark.parametrize("settings_, answer, message", [
+    ({"protocol": "group", "group_size": 3}, {"choice": "left"}, "this campaign scores groups"),
+    ({"protocol": "group", "group_size": 3}, {}, "a list of 3 score sets"),
+    ({"protocol": "group", "group_size": 3},
+     {"scores": [dict.fromkeys(CRITERIA, 2)] * 4}, "a list of 3 score sets"),
+    ({"ask_strength": False}, {"choice": "left", "strength": 2}, "does not ask for strength"),
+    ({}, {"choice": "tie", "strength": 1}, "only for a left or right choice"),
+    ({}, {}, "choice: expected one of"),
+    ({"reason_tags": ["timing"]}, {"choice": "left", "reasons": ["timing", "other"]},
+     "reason tags"),
+])
+def test_an_answer_that_does_not_fit_its_campaign_stores_nothing(corpus, settings_, answer,
+                                                                 message):
+    # given: a lease in a campaign with these settings
+    campaign = make_campaign(corpus, **settings_)
+    (user,) = enrol(campaign)
+    a = assignments_next(rater=user, campaign_slug=campaign.slug).assignments[0]
+    # when/then: refused with words that say why, nothing stored, the lease still live
+    with pytest.raises(LeaseError, match=message) as exc:
+        judgment_submit(rater=user, token=str(a.token), idempotency_key=uuid.uuid4(),
+                        decision_ms=5, **answer)
+    assert exc.value.status == 400
+    assert not Judgment.objects.exists()
+    assert Assignment.objects.get(pk=a.pk).status == "active"
+    fits = ({"scores": [dict.fromkeys(CRITERIA, 2)] * 3} if "group_size" in settings_
+            else {"choice": "left"})
+    assert judgment_submit(rater=user, token=str(a.token), idempotency_key=uuid.uuid4(),
+                           decision_ms=5, **fits).created
 
 
 def test_an_overlong_event_log_is_cut_not_refused(lease):
