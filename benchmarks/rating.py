@@ -25,12 +25,14 @@ Everything runs on this machine; traffic goes only to 127.0.0.1, for a bounded t
        ``--pace`` seconds (about ten times a real rater's pace); goal p95 < 50 ms everywhere;
    (b) saturation: ``--sat-raters`` raters with no think time, ``--sat-rounds`` runs, the median
        reported; goal over 300 judgments/s. Also: the same with answers only (the page sends no
-       heartbeat for an item answered within the heartbeat interval), a client that signs in
-       with the session and asks for each next item separately (three calls per item), and a
-       rating view that does nothing (what the stack costs before any rating work). The paced
+       heartbeat for an item answered within the heartbeat interval), the same answered by the
+       REST views with the fast path switched off (``RATING_FAST_PATH=0``), a client that signs
+       in with the session and asks for each next item separately (three calls per item), and
+       a DRF rating view that does nothing (what that stack costs before any rating work). The paced
        load also runs against gunicorn's default, and with fewer raters (``--capacity``).
 4. Where the time goes: the server answers with its own time per request (``X-Bench`` header
-   from ``benchmarks/rating_settings.py``: µs in the worker, SQL statements, µs in them), the
+   from ``benchmarks/rating_settings.py``, which wraps the project's WSGI application: µs in
+   the application, SQL statements, µs in them), the
    CPU of the server processes, PostgreSQL, this load generator and everything else is read
    from /proc, and, in process with Django's test client, the statements of each call and the
    cost of a request that does nothing.
@@ -891,7 +893,7 @@ def where_the_time_goes(run: dict, sql: dict, floor: dict, floor_http: dict) -> 
             "other processes on the machine": round(cpu["other_processes"] * per_j, 1),
         },
         "server_ms_per_judgment": {
-            "in Django (worker wall time)": round(server_ms, 1),
+            "in the application (worker wall time)": round(server_ms, 1),
             "of which SQL statements (wall)": round(sql_ms, 1),
             "framework floor x requests (in process, idle machine)": round(
                 requests * floor["drf_rater_token_ms"], 1),
@@ -1053,6 +1055,12 @@ def main() -> None:
                                   duration=args.floor_s, pace=0, warmup=warmup,
                                   cycle=floor_cycle)
         _print_run(floor_http)
+        # The same raters answered by the REST views alone (the fast path switched off).
+        rest = ServerConfig(f"{best.name}-rest-views", best.kind, best.workers, best.threads,
+                            note="RATING_FAST_PATH=0", env={"RATING_FAST_PATH": "0"})
+        rest_views = _measure(rest, env, logs, raters[: args.sat_raters],
+                              label=f"(b) REST views, fast path off, {best.name}",
+                              duration=args.floor_s, pace=0, warmup=warmup)
         # What a client gets that signs in with the session and asks for each next item.
         session = _measure(best, env, logs, raters[: args.sat_raters],
                            label=f"(b) session, 3 calls, {best.name}", duration=args.floor_s,
@@ -1089,6 +1097,8 @@ def main() -> None:
             sweep_mean[best.name] / max(sweep_mean[name], 1e-9), 2)
         for name in ("runserver", "gunicorn-default")
     }
+    comparison["saturation_fast_path_vs_rest_views"] = round(
+        saturation["judgments_per_s"] / max(rest_views["judgments_per_s"], 1e-9), 2)
     comparison["saturation_rate_page_protocol_vs_session_3_calls"] = round(
         saturation["judgments_per_s"] / max(session["judgments_per_s"], 1e-9), 2)
     comparison[f"paced_p95_{default.name}_over_{best.name}"] = {
@@ -1098,7 +1108,7 @@ def main() -> None:
         round(paced["judgments_per_s"] / paced_default["judgments_per_s"], 2)
         if paced_default["judgments_per_s"] else None)
     met = [r["raters"] for r in capacity if ok(r) and r["error_count"] == 0]
-    checks = [r["check"] for r in [*sweep_runs, paced, *sat_runs, answers, session,
+    checks = [r["check"] for r in [*sweep_runs, paced, *sat_runs, answers, rest_views, session,
                                    paced_default,
                                    *capacity]]
     goals = {
@@ -1132,6 +1142,7 @@ def main() -> None:
         "saturation_rounds_judgments_per_s": [r["judgments_per_s"] for r in sat_runs],
         "saturation_answers_only": answers,
         "floor_http": floor_http,
+        "saturation_rest_views": rest_views,
         "session_three_calls": session,
         "paced_capacity": capacity,
         "largest_paced_raters_meeting_p95": max(met) if met else None,
