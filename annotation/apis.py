@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.core import signing
 from django.db import transaction
 from django.db.models import ProtectedError
@@ -16,7 +17,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
-from rest_framework.exceptions import AuthenticationFailed, NotFound
+from rest_framework.exceptions import APIException, AuthenticationFailed, NotFound
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
@@ -128,6 +129,11 @@ class JsonOnly(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+class RequestTooLarge(APIException):
+    status_code = 413
+    default_code = "too_large"
+
+
 class RaterApi(APIView):
     """The rating calls: the lean path (token or session, JSON in and out, nothing else)."""
 
@@ -136,6 +142,17 @@ class RaterApi(APIView):
     renderer_classes = [JSONRenderer]
     content_negotiation_class = JsonOnly
     throttle_classes: list = []
+
+    def initial(self, request, *args, **kwargs) -> None:
+        # DRF's parsers read the stream without Django's size limit: the limit here.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if limit is not None and length > limit:
+            raise RequestTooLarge(f"the request body is {length} bytes, at most {limit}")
+        super().initial(request, *args, **kwargs)
 
     def campaign_id(self) -> int | None:
         """The campaign a rater token is bound to (none for a session)."""

@@ -9,10 +9,10 @@ REST views answer with, and hands everything else to Django untouched.
 
 It takes a request only when it can answer it as the API would: a ``POST`` to one of the three
 rating URLs, a valid rater token (``Authorization: Rater ...``), an allowed host, no HTTPS
-redirect due, and, for an answer, a JSON object of acceptable size. Anything else, a forged or
-expired token included, goes to Django, which answers it (401, 400, 413, 415, ...) in the usual
-way. Its replies carry the headers Django's security middleware would add. Switch it off with
-``RATING_FAST_PATH=0``.
+redirect due, and, for an answer, a body within ``DATA_UPLOAD_MAX_MEMORY_SIZE`` that is UTF-8
+JSON. Anything else, a forged or expired token included, goes to Django, which answers it (401,
+400, 413, ...) in the usual way. Its replies carry the headers Django's security middleware
+would add. Switch it off with ``RATING_FAST_PATH=0``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ logger = logging.getLogger("django.request")
 
 # annotation/urls.py: api-next, api-heartbeat, api-judgment (a test checks they agree).
 _UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_ROUTE = re.compile(r"^/api/(?:rate/(?P<slug>[-a-zA-Z0-9_]+)/next"
-                    rf"|assignments/(?P<token>{_UUID})/(?P<call>heartbeat|judgment))/$")
+_ROUTE = re.compile(r"/api/(?:rate/(?P<slug>[-a-zA-Z0-9_]+)/next"
+                    rf"|assignments/(?P<token>{_UUID})/(?P<call>heartbeat|judgment))/")
 _KEYWORD = "Rater "
 _STATUS = {200: "200 OK", 201: "201 Created", 400: "400 Bad Request", 403: "403 Forbidden",
            404: "404 Not Found", 409: "409 Conflict", 410: "410 Gone",
@@ -101,17 +101,19 @@ class RatingFastPath:
         try:
             status, data = self._answer(rater, call, arg, body)
         except Exception:
-            logger.exception("rating call %s failed", call, extra={"status_code": 500})
+            logger.exception("Internal Server Error: %s", environ["PATH_INFO"],
+                             extra={"status_code": 500})
             signals.got_request_exception.send(sender=self.__class__, request=None)
             status, data = 500, {"error": "server_error", "detail": "server error"}
         finally:
             signals.request_finished.send(sender=self.__class__)
-        if status >= 400:  # as Django logs them
-            log = logger.error if status >= 500 else logger.warning
-            log("%s: %s", _STATUS[status].split(" ", 1)[1], environ["PATH_INFO"],
-                extra={"status_code": status})
-        payload = _encoder.encode(data).encode()
-        start_response(_STATUS.get(status, f"{status} Status"), [
+        if 400 <= status < 500:  # as Django logs them
+            logger.warning("%s: %s", _STATUS.get(status, f"{status} Client Error")[4:],
+                           environ["PATH_INFO"], extra={"status_code": status})
+        # (as DRF's renderer: the two line separators JavaScript strings once could not hold)
+        payload = (_encoder.encode(data).replace("\u2028", "\\u2028")
+                   .replace("\u2029", "\\u2029").encode())
+        start_response(_STATUS.get(status, f"{status} Unknown"), [
             ("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
             *self._headers[secure]])
         return [payload]
@@ -123,14 +125,15 @@ class RatingFastPath:
         auth = environ.get("HTTP_AUTHORIZATION", "")
         if not auth.startswith(_KEYWORD):
             return None
-        match = _ROUTE.match(environ.get("PATH_INFO", ""))
+        match = _ROUTE.fullmatch(environ.get("PATH_INFO", ""))
         if match is None:
             return None
         secure = self._secure(environ)
         if settings.SECURE_SSL_REDIRECT and not secure:
             return None
-        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
-        domain, _ = split_domain_port(host)
+        if "HTTP_HOST" not in environ or settings.USE_X_FORWARDED_HOST:
+            return None  # Django's rules for these
+        domain, _ = split_domain_port(environ["HTTP_HOST"])
         allowed = settings.ALLOWED_HOSTS or (
             [".localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
         if not domain or not validate_host(domain, allowed):
@@ -145,30 +148,35 @@ class RatingFastPath:
         return rater, match["call"], match["token"], secure
 
     def _secure(self, environ: dict) -> bool:
-        if self._proxy_ssl:
+        if self._proxy_ssl:  # as HttpRequest.is_secure
             header, value = self._proxy_ssl
-            return environ.get(header) == value
+            got = environ.get(header)
+            if got is not None:
+                return got.split(",", 1)[0].strip() == value
         return environ.get("wsgi.url_scheme") == "https"
 
     @staticmethod
     def _body(environ: dict) -> tuple[bool, object]:
         """(True, the parsed JSON) or (False, None) to leave the request to Django, with its
         body readable again."""
-        content_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        content_type, _, params = environ.get("CONTENT_TYPE", "").partition(";")
+        charset = params.partition("charset=")[2].split(";")[0].strip().strip('"').lower()
+        if content_type.strip().lower() != "application/json" or charset not in ("", "utf-8"):
+            return False, None
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return False, None
-        if content_type != "application/json" or length <= 0:
+        if length <= 0:
             return False, None
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         if limit is not None and length > limit:
             return False, None
         raw = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(raw)  # for Django, if it gets the request after all
-        try:
-            return True, json.loads(raw, parse_constant=_no_constant)
-        except ValueError:
+        try:  # as DRF's parser: strict UTF-8 (no byte-order mark), no NaN
+            return True, json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        except (ValueError, RecursionError):
             return False, None
 
     @staticmethod

@@ -6,14 +6,17 @@ more CPU (both sides, about 0.45 ms here) than most statements it carries, so th
 ``annotation_answer`` does the checks that need the lease and its campaign, in the order the
 portable code in ``annotation.services.judgments`` does them:
 
-1. the lease (locked), its campaign, the rater's enrolment and account: unknown, or bound to
+1. the lease (locked), its campaign, the rater's enrolment and account (a retry's reply reads the
+   rater's counters again, after the wait for the lock): unknown, or bound to
    another campaign than the rater token's -> ``no_such_assignment``; the account switched off
    -> ``account_disabled``; another rater's -> ``not_your_lease``; answered or run out ->
    ``stored_before`` for a retry of the stored answer (same key, same lease), otherwise
    ``already_answered`` / ``lease_expired``;
 2. the answer against the campaign's protocol and the lease: ``invalid:<what>`` (Python words
    the 400 for each, the same words as the portable check);
-3. the key used for another lease -> ``key_reused``;
+3. the key used for another lease -> ``key_reused`` (checked here, before the item's lock; the
+   portable code meets it at its insert, after the lock and the clock, so a reused key on a
+   lease that runs out meanwhile is 409 here and 410 there: both final for the page);
 4. what the answer means: the side pressed mapped to the item's slot (``outcome``), group scores
    put in slot order, and the probe's verdict (gold: slot ``a`` won; catch: a tie; hidden
    repeat: the rater's first answer again);
@@ -118,6 +121,11 @@ BEGIN
         IF FOUND THEN
             result := 'stored_before';
             judgment_id := v_id;
+            -- The rater's counters as that answer left them (a fresh snapshot: the one above
+            -- predates the wait for the lease's lock).
+            SELECT en.n_judgments, en.probes_failed, en.blocked
+              INTO n_judgments, probes_failed, blocked
+              FROM annotation_enrollment en WHERE en.id = a.enrollment_id;
         ELSIF a.status = 'submitted' THEN
             result := 'already_answered';
         ELSE
@@ -201,7 +209,11 @@ BEGIN
         choice, outcome, strength, reasons, scores, decision_ms, viewing_ms, playback, qc,
         created_at)
     VALUES (p_key, a.id, a.campaign_id, a.item_id, p_rater, a.probe, a."order",
-            coalesce(p_choice, ''), v_outcome, p_strength, coalesce(p_reasons, '[]'::jsonb),
+            coalesce(p_choice, ''), v_outcome,
+            -- strength and reasons belong to pairwise answers (ignored for group scores)
+            CASE WHEN a.protocol = 'pairwise' THEN p_strength END,
+            CASE WHEN a.protocol = 'pairwise' THEN coalesce(p_reasons, '[]'::jsonb)
+                 ELSE '[]'::jsonb END,
             v_scores, p_decision_ms, p_viewing_ms, p_playback, v_qc, p_now)
     RETURNING id INTO v_id;
     UPDATE annotation_assignment SET status = 'submitted' WHERE id = a.id;

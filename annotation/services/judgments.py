@@ -17,12 +17,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from annotation.models import (
     CRITERIA,
     AssignmentStatus,
+    Enrollment,
     Judgment,
     Probe,
     Protocol,
@@ -65,6 +66,10 @@ class Submitted:
 
 def _bad(message: str) -> LeaseError:
     return LeaseError(400, "invalid", message)
+
+
+def _unstorable() -> LeaseError:
+    return _bad("the answer holds characters that cannot be stored (a NUL or a lone surrogate)")
 
 
 def _check_playback(playback: object) -> dict:
@@ -210,7 +215,7 @@ def _pairwise(lease: _Lease, answer: _Answer) -> str:
     if answer.scores is not None:
         raise _misfit("scores_for_pairwise")
     if answer.choice is None:
-        raise _bad(f"{_MISFITS['choice']}, got None")
+        raise _misfit("choice")
     if answer.strength is not None:
         if not lease.ask_strength:
             raise _misfit("strength_not_asked")
@@ -290,8 +295,12 @@ def judgment_submit(
     next item. ``campaign_id``, when given (the rater's API token names it), must be the
     lease's.
 
-    Raises ``LeaseError`` with the status to answer: 400 malformed, 403 another rater's lease,
-    404 unknown lease, 409 answered already (with another key) or key reused, 410 lease expired.
+    The answer's shape is checked before anything is looked up (a malformed answer is 400
+    whatever its lease); then the lease, then the answer against the lease's campaign.
+
+    Raises ``LeaseError`` with the status to answer: 400 malformed, 403 another rater's lease
+    or a switched-off account, 404 unknown lease, 409 answered already (with another key) or key
+    reused, 410 lease expired.
     """
     try:
         key = uuid.UUID(str(idempotency_key))
@@ -300,16 +309,29 @@ def judgment_submit(
     answer = _shape(choice, strength, reasons, scores, decision_ms, viewing_ms, playback)
     if db_functions():
         return _submit_in_db(rater, token, campaign_id, key, answer, top_up=top_up)
-    with transaction.atomic():
-        lease = _lease_for_answer(token, campaign_id)
-        stored = _refused_or_stored_before(rater, lease, key)
-        if stored is not None:  # a retry of the stored answer
-            return Submitted(stored, created=False, next=_top_up(lease.seat, top_up))
-        judgment = _judgment(lease, key, answer)
-        was_blocked = lease.seat.blocked
-        _store(lease, judgment)
+    try:
+        with transaction.atomic():
+            lease = _lease_for_answer(token, campaign_id)
+            stored = _refused_or_stored_before(rater, lease, key)
+            if stored is not None:  # a retry of the stored answer
+                _counters_again(lease.seat)
+                return Submitted(stored, created=False, next=_top_up(lease.seat, top_up))
+            judgment = _judgment(lease, key, answer)
+            was_blocked = lease.seat.blocked
+            _store(lease, judgment)
+    except DataError:  # text the database cannot hold: nothing stored
+        raise _unstorable() from None
     _log_blocked(rater, lease.seat, was_blocked)
     return Submitted(judgment, created=True, next=_top_up(lease.seat, top_up))
+
+
+def _counters_again(seat: Seat) -> None:
+    """The rater's counters as the stored answer left them: the lease's read joined them from a
+    snapshot taken before it waited for the lease's lock (``annotation_answer`` does the same)."""
+    row = (Enrollment.objects.filter(pk=seat.enrollment_id)
+           .values_list("n_judgments", "probes_failed", "blocked").first())
+    if row is not None:
+        seat.n_judgments, seat.probes_failed, seat.blocked = row
 
 
 def _log_blocked(rater, seat: Seat, was_blocked: bool) -> None:
@@ -377,7 +399,10 @@ def _submit_in_db(rater, token: str, campaign_id: int | None, key: uuid.UUID, an
     js = connection.ops.adapt_json_value
     now = timezone.now()
     try:
-        with connection.cursor() as cursor:
+        # One statement, its own transaction; inside a caller's transaction a savepoint, so a
+        # refused statement does not end the caller's.
+        with (transaction.atomic() if connection.in_atomic_block else nullcontext(),
+              connection.cursor() as cursor):
             cursor.execute(
                 "SELECT * FROM annotation_answer(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
                 "%s, %s, %s, %s)",
@@ -390,6 +415,8 @@ def _submit_in_db(rater, token: str, campaign_id: int | None, key: uuid.UUID, an
     except IntegrityError:
         # Only the key can collide: another lease's answer took it a moment earlier.
         raise refusal("key_reused") from None
+    except DataError:  # text the database cannot hold (NUL, a lone surrogate): nothing stored
+        raise _unstorable() from None
     (code, judgment_id, outcome, scores, qc, order, probe, item_id, assignment_id,
      was_blocked, leases) = row[:_ANSWER_COLUMNS]
     if code.startswith("invalid:"):
@@ -404,10 +431,11 @@ def _submit_in_db(rater, token: str, campaign_id: int | None, key: uuid.UUID, an
     judgment = Judgment(
         pk=judgment_id, idempotency_key=key, assignment_id=assignment_id, campaign_id=seat.pk,
         item_id=item_id, rater_id=rater.pk, probe=probe, order=db_json(order),
-        choice=answer.choice or "", outcome=outcome, strength=answer.strength,
-        reasons=answer.reasons, scores=db_json(scores), decision_ms=answer.decision_ms,
-        viewing_ms=answer.viewing_ms, playback=answer.playback, qc=db_json(qc),
-        created_at=now)
+        choice=answer.choice or "", outcome=outcome,
+        strength=answer.strength if answer.choice else None,  # pairwise only, as stored
+        reasons=answer.reasons if answer.choice else [], scores=db_json(scores),
+        decision_ms=answer.decision_ms, viewing_ms=answer.viewing_ms,
+        playback=answer.playback, qc=db_json(qc), created_at=now)
     _log_blocked(rater, seat, was_blocked)
     if not top_up:
         return Submitted(judgment, created=True)

@@ -142,6 +142,7 @@ def test_everything_else_goes_to_django(campaign, settings):
                    "HTTP_HOST": "testserver", "wsgi.url_scheme": "http",
                    "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(data)),
                    "wsgi.input": io.BytesIO(data), "HTTP_AUTHORIZATION": auth, **extra}
+        environ = {k: v for k, v in environ.items() if v is not None}
         got = []
         with keep_test_connection():
             app(environ, lambda status, headers, exc=None: got.append(status))
@@ -157,6 +158,17 @@ def test_everything_else_goes_to_django(campaign, settings):
     assert send(judgment, data=body, CONTENT_TYPE="text/plain").startswith("299")
     body = b"{not json"
     assert send(judgment, data=body).startswith("299")
+    body = b"\xef\xbb\xbf{}"  # a byte-order mark, which DRF's parser refuses
+    assert send(judgment, data=body).startswith("299")
+    body = '{"choice": "gauche"}'.encode("latin-1")
+    assert send(judgment, data=body, CONTENT_TYPE="application/json; charset=latin-1"
+                ).startswith("299")
+    body = b"[" * 100_000  # deeper than the parser goes
+    assert send(judgment, data=body).startswith("299")
+    body = b""
+    assert send(heartbeat + "\n").startswith("299")
+    environ_without_host = {"HTTP_HOST": None}
+    assert send(heartbeat, **environ_without_host).startswith("299")
     body = b'{"decision_ms": 1}' + b" " * 100
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 50
     assert send(judgment, data=body).startswith("299")
@@ -168,5 +180,18 @@ def test_everything_else_goes_to_django(campaign, settings):
     assert RatingFastPath(django)({"REQUEST_METHOD": "POST", "PATH_INFO": heartbeat,
                                    "HTTP_AUTHORIZATION": auth, "wsgi.input": io.BytesIO()},
                                   lambda *a: None) == [b""]
-    assert len(passed) == 10
+    assert len(passed) == 15
+    assert not Judgment.objects.exists()
+
+
+def test_a_body_over_the_limit_is_refused_whichever_door(campaign, rating_door, settings):
+    (user,) = enrol(campaign)
+    me = _client(rating_door, _auth(campaign, user))
+    lease = me.post(reverse("annotation:api-next", args=[campaign.slug])).json()[
+        "assignments"][0]["id"]
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    res = me.post(reverse("annotation:api-judgment", args=[lease]),
+                  {"idempotency_key": str(uuid.uuid4()), "choice": "left", "decision_ms": 5,
+                   "playback": {"note": "x" * 2000}}, content_type="application/json")
+    assert res.status_code == 413 and "at most 1000" in res.json()["detail"], res.content
     assert not Judgment.objects.exists()

@@ -143,6 +143,27 @@ def test_an_answer_that_does_not_fit_its_campaign_stores_nothing(corpus, setting
                            decision_ms=5, **fits).created
 
 
+def test_group_answers_keep_no_strength_or_reasons(corpus):
+    campaign = make_campaign(corpus, protocol="group", group_size=3, reason_tags=["timing"])
+    (user,) = enrol(campaign)
+    a = assignments_next(rater=user, campaign_slug=campaign.slug).assignments[0]
+    j = judgment_submit(rater=user, token=str(a.token), idempotency_key=uuid.uuid4(),
+                        scores=[dict.fromkeys(CRITERIA, 3)] * 3, strength=2,
+                        reasons=["timing"], decision_ms=5).judgment
+    stored = Judgment.objects.get(pk=j.pk)
+    assert (stored.strength, stored.reasons) == (j.strength, j.reasons) == (None, [])
+
+
+def test_text_the_database_cannot_hold_is_a_400(lease):
+    _, user, _, a = lease
+    for bad in ({"reasons": ["\x00"]}, {"playback": {"note": "a\x00b"}}):
+        with pytest.raises(LeaseError) as exc:
+            submit(user, a, **bad)
+        assert exc.value.status == 400
+    assert not Judgment.objects.exists()
+    assert submit(user, a).created
+
+
 def test_an_overlong_event_log_is_cut_not_refused(lease):
     _, user, _, a = lease
     events = [{"t": i, "e": "seeking", "v": 1, "p": i / 30} for i in range(5000)]
