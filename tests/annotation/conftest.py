@@ -164,9 +164,11 @@ def rating_door(request):
 @pytest.fixture
 def project_server(transactional_db):
     """The project's WSGI application (config/wsgi.py: the rating fast path in front of
-    Django) served from a thread on a free port, as gunicorn serves it; its base URL."""
+    Django) served from a thread on a free port, as gunicorn serves it, static files as
+    runserver serves them; its base URL."""
     import threading
 
+    from django.contrib.staticfiles.handlers import StaticFilesHandler
     from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
 
     from config.wsgi import application
@@ -176,7 +178,7 @@ def project_server(transactional_db):
             pass
 
     server = ThreadedWSGIServer(("127.0.0.1", 0), Quiet, allow_reuse_address=False)
-    server.set_app(application)
+    server.set_app(StaticFilesHandler(application))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

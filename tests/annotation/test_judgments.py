@@ -155,8 +155,13 @@ def test_group_answers_keep_no_strength_or_reasons(corpus):
 
 
 def test_text_the_database_cannot_hold_is_a_400(lease):
+    from django.db import connection
+
     _, user, _, a = lease
-    for bad in ({"reasons": ["\x00"]}, {"playback": {"note": "a\x00b"}}):
+    cases = [{"reasons": ["\x00"]}]
+    if connection.vendor == "postgresql":  # (SQLite keeps a NUL)
+        cases.append({"playback": {"note": "a\x00b"}})
+    for bad in cases:
         with pytest.raises(LeaseError) as exc:
             submit(user, a, **bad)
         assert exc.value.status == 400
