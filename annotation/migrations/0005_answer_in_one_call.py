@@ -30,16 +30,16 @@ It returns the stored judgment's derived fields and the rater's place (the colum
 
 Shapes that need neither lease nor campaign (a known choice, strength 1 to 3, a list of tags,
 score sets of the right criteria) are checked in Python before the call.
+
+The new function has other arguments than 0003's ``annotation_answer``, so both exist side by
+side: 0003's pair (with ``annotation_lease_for_answer``) is left in place for one release, so
+that workers still running the previous code keep storing answers while they restart after the
+migration. A later migration drops them.
 """
 
 from django.db import migrations
 
 FUNCTIONS = r"""
-DROP FUNCTION IF EXISTS annotation_lease_for_answer(uuid);
-DROP FUNCTION IF EXISTS annotation_answer(uuid, bigint, uuid, text, text, integer, jsonb, jsonb,
-    integer, integer, jsonb, jsonb, integer, integer, timestamptz, boolean, integer, timestamptz,
-    text[]);
-
 CREATE FUNCTION annotation_answer(
     p_token uuid, p_rater bigint, p_campaign bigint, p_key uuid, p_choice text,
     p_strength integer, p_reasons jsonb, p_scores jsonb, p_decision_ms integer,
@@ -266,17 +266,13 @@ def create(apps, schema_editor) -> None:
         schema_editor.execute(FUNCTIONS, params=None)  # "%" is PL/pgSQL's, not a placeholder
 
 
-def restore(apps, schema_editor) -> None:
-    """Back to migration 0003's functions (the answer in two calls)."""
+def drop(apps, schema_editor) -> None:
+    """Back to migration 0003's functions alone (the answer in two calls)."""
     if schema_editor.connection.vendor == "postgresql":
-        from importlib import import_module
-
-        earlier = import_module("annotation.migrations.0003_rating_functions")
-        schema_editor.execute(DROP + earlier.DROP, params=None)
-        schema_editor.execute(earlier.FUNCTIONS, params=None)
+        schema_editor.execute(DROP, params=None)
 
 
 class Migration(migrations.Migration):
     dependencies = [("annotation", "0004_lean_lease_indexes")]
 
-    operations = [migrations.RunPython(create, restore)]
+    operations = [migrations.RunPython(create, drop)]
