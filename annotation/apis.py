@@ -26,7 +26,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.models import CRITERIA, CampaignStatus, Protocol
-from annotation.rater_calls import Reply, call_heartbeat, call_judgment, call_next
+from annotation.rater_calls import (
+    Reply,
+    call_heartbeat,
+    call_judgment,
+    call_next,
+    error,
+    refused,
+)
 from annotation.roles import is_researcher
 from annotation.selectors import (
     campaign_get_for,
@@ -45,12 +52,13 @@ from annotation.services.scheduling import LeaseError, enrollment_for
 from policy.models import Dataset
 
 
+def _reply(reply: Reply) -> Response:
+    status_code, body = reply
+    return Response(body, status=status_code)
+
+
 def _error(status_code: int, code: str, message: str) -> Response:
-    return Response({"error": code, "detail": message}, status=status_code)
-
-
-def _lease_error(exc: LeaseError) -> Response:
-    return _error(exc.status, exc.code, exc.message)
+    return _reply(error(status_code, code, message))
 
 
 class IsResearcher(BasePermission):
@@ -158,10 +166,6 @@ class RaterApi(APIView):
         """The campaign a rater token is bound to (none for a session)."""
         return getattr(self.request.user, "campaign_id", None)
 
-    @staticmethod
-    def reply(reply: Reply) -> Response:
-        status_code, body = reply
-        return Response(body, status=status_code)
 
 
 class NextOutputSerializer(serializers.Serializer):
@@ -182,7 +186,7 @@ class NextApi(RaterApi):
     @extend_schema(request=None, responses={200: NextOutputSerializer, 404: _ERRORS[404]},
                    summary="The items to rate now (leases them)")
     def post(self, request, slug: str) -> Response:
-        return self.reply(call_next(request.user, slug, self.campaign_id()))
+        return _reply(call_next(request.user, slug, self.campaign_id()))
 
 
 class ConsentApi(APIView):
@@ -192,7 +196,7 @@ class ConsentApi(APIView):
         try:
             enrollment = enrollment_for(rater=request.user, campaign_slug=slug)
         except LeaseError as exc:
-            return _lease_error(exc)
+            return _reply(refused(exc))
         consent_give(enrollment=enrollment)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -204,7 +208,7 @@ class HeartbeatApi(RaterApi):
                    **{k: v for k, v in _ERRORS.items() if k != 400}},
         summary="Keep the rater's leases alive while clips play")
     def post(self, request, token: str) -> Response:
-        return self.reply(call_heartbeat(request.user, str(token), self.campaign_id()))
+        return _reply(call_heartbeat(request.user, str(token), self.campaign_id()))
 
 
 class JudgmentApi(RaterApi):
@@ -240,7 +244,7 @@ class JudgmentApi(RaterApi):
                               **_ERRORS},
                    summary="Answer a leased item (exactly once); answers with the next items")
     def post(self, request, token: str) -> Response:
-        return self.reply(call_judgment(request.user, str(token), request.data,
+        return _reply(call_judgment(request.user, str(token), request.data,
                                         self.campaign_id()))
 
 

@@ -29,7 +29,7 @@ def error(status: int, code: str, message: str) -> Reply:
     return status, {"error": code, "detail": message}
 
 
-def _refused(exc: LeaseError) -> Reply:
+def refused(exc: LeaseError) -> Reply:
     return error(exc.status, exc.code, exc.message)
 
 
@@ -52,7 +52,7 @@ def call_next(rater, slug: str, campaign_id: int | None) -> Reply:
     try:
         result = assignments_next(rater=rater, campaign_slug=slug, campaign_id=campaign_id)
     except LeaseError as exc:
-        return _refused(exc)
+        return refused(exc)
     return 200, next_body(result)
 
 
@@ -60,7 +60,7 @@ def call_heartbeat(rater, token: str, campaign_id: int | None) -> Reply:
     try:
         expires = assignment_heartbeat(rater=rater, token=token, campaign_id=campaign_id)
     except LeaseError as exc:
-        return _refused(exc)
+        return refused(exc)
     return 200, {"expires_at": expires}
 
 
@@ -76,7 +76,7 @@ def call_judgment(rater, token: str, body: object, campaign_id: int | None) -> R
         submitted = judgment_submit(rater=rater, token=token, top_up=True,
                                     campaign_id=campaign_id, **answer)
     except LeaseError as exc:
-        return _refused(exc)
+        return refused(exc)
     out = {"stored": submitted.created, "judgment": submitted.judgment.pk}
     if submitted.next is not None:
         out["next"] = next_body(submitted.next)

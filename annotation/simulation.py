@@ -113,6 +113,15 @@ class Rater:
         return out
 
 
+def rate_page_config(html: str) -> dict:
+    """What the rate page hands its script (``rate-config``: the API URLs, the rater token, ...)."""
+    found = re.search(r'<script id="rate-config" type="application/json">(.*?)</script>', html,
+                      re.S)
+    if found is None:
+        raise ValueError("not a rate page: no rate-config")
+    return json.loads(found.group(1))
+
+
 class HttpTransport:
     """A rater's browser session against a running server: invite, CSRF, the three calls."""
 
@@ -138,9 +147,7 @@ class HttpTransport:
         if self.use_token:  # the rate page it is sent to hands its script the token
             page = self.client.get(res.headers["location"])
             page.raise_for_status()
-            config = re.search(r'<script id="rate-config" type="application/json">(.*?)'
-                               r"</script>", page.text, re.S)
-            self.token = json.loads(config.group(1))["token"]
+            self.token = rate_page_config(page.text)["token"]
 
     def _post(self, path: str, body: dict | None = None):
         if self.use_token:

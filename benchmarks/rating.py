@@ -652,6 +652,8 @@ async def _join(base: str, invite: str, n: int, seed: int) -> list[RaterSession]
 
     import aiohttp
 
+    from annotation.simulation import rate_page_config
+
     async def join(i: int, http) -> RaterSession:
         cookies: dict[str, str] = {}
 
@@ -677,10 +679,8 @@ async def _join(base: str, invite: str, n: int, seed: int) -> list[RaterSession]
                             headers={"Cookie": f"sessionid={cookies['sessionid']}"}) as resp:
             assert resp.status == 200, resp.status
             page = await resp.text()
-        config = json.loads(re.search(r'<script id="rate-config" type="application/json">'
-                                      r"(.*?)</script>", page, re.S).group(1))
         return RaterSession(f"r{i}", cookies["sessionid"], cookies["csrftoken"],
-                            config["token"], random.Random(seed * 100_003 + i))
+                            rate_page_config(page)["token"], random.Random(seed * 100_003 + i))
 
     sem = asyncio.Semaphore(16)
 
@@ -839,6 +839,24 @@ def __getattr__(name: str):
     return [*urlpatterns, path("bench/floor/drf/", Nothing.as_view()),
             path("bench/floor/rater/", RaterNothing.as_view()),
             path("bench/floor/plain/", plain)]
+
+
+def round_trip_cpu(n: int = 3000) -> dict:
+    """What one database round trip costs in CPU on each side, apart from any work: ``SELECT
+    1`` ``n`` times over psycopg, the client's CPU and its PostgreSQL backend's (from /proc)."""
+    import psycopg
+
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        for _ in range(200):  # warm
+            conn.execute("SELECT 1").fetchone()
+        backend0, client0 = _stat(pid)[2], time.process_time()
+        for _ in range(n):
+            conn.execute("SELECT 1").fetchone()
+        backend1, client1 = _stat(pid)[2], time.process_time()
+    return {"statement": "SELECT 1", "n": n,
+            "postgresql_cpu_ms": round((backend1 - backend0) / n * 1000, 3),
+            "client_cpu_ms": round((client1 - client0) / n * 1000, 3)}
 
 
 def framework_floor(rounds: int = 6, n: int = 40) -> dict:
@@ -1080,6 +1098,7 @@ def main() -> None:
         reset_campaign()
         sql = sql_per_call()
         floor = framework_floor()
+        round_trip = round_trip_cpu()
         server_settings = {
             "session_engine": settings.SESSION_ENGINE,
             "conn_max_age": settings.DATABASES["default"].get("CONN_MAX_AGE"),
@@ -1151,6 +1170,7 @@ def main() -> None:
         "comparison": comparison,
         "sql_per_call": sql,
         "framework_floor_ms": floor,
+        "round_trip_cpu_ms": round_trip,
         "where_the_time_goes": where_the_time_goes(saturation, sql, floor, floor_http),
         "goals": goals,
         "goal": "(a) p95 < 50 ms on every endpoint at 200 raters x 1 judgment / 2 s; "
@@ -1167,6 +1187,8 @@ def main() -> None:
           + ", ".join(f"{e} {sql[e]['statements_mean']:g}" for e in ENDPOINTS)
           + "; in process, alone: "
           + ", ".join(f"{e} {sql[e]['in_process_p50_ms']:g} ms" for e in ENDPOINTS))
+    print(f"  a database round trip (SELECT 1) costs {round_trip['postgresql_cpu_ms']} ms of "
+          f"PostgreSQL CPU and {round_trip['client_cpu_ms']} ms in the client")
     print(f"  a rating call that does nothing costs {floor['drf_rater_token_ms']} ms in process "
           f"(with the session instead of the token {floor['drf_signed_in_ms']} ms, anonymous "
           f"plain Django {floor['django_anonymous_ms']} ms); two of them per judgment, "

@@ -245,15 +245,11 @@ def _seat_state(seat: Seat) -> str:
     return "rating"
 
 
-def seat_servable(seat: Seat) -> bool:
-    return seat.rater_active and _seat_state(seat) == "rating"
-
-
 def probe_draws(seat: Seat) -> list[str]:
     """For each lease a top-up may grant, the probe drawn for it ('' for a regular item). A
     rater's first item is always a regular one (a probe first would tell them what probes
     look like)."""
-    draws = [_draw_probe(seat) for _ in range(PREFETCH)]
+    draws = [probe_kind(seat, u) for u in probe_numbers()]
     if seat.n_judgments == 0:
         draws[0] = ""
     return draws
@@ -289,10 +285,6 @@ def seat_top_up(seat: Seat) -> NextResult:
         live.append(new)
         room -= 1
     return seat_result(seat, live)
-
-
-def _draw_probe(seat: Seat) -> str:
-    return probe_kind(seat, _rng.random())
 
 
 def probe_kind(seat: Seat, u: float) -> str:

@@ -154,6 +154,37 @@ def keep_test_connection():
         request_finished.connect(close_old_connections)
 
 
+def rater_auth(campaign, user) -> str:
+    """The ``Authorization`` header the rate page sends for this rater in this campaign."""
+    from annotation.models import Enrollment
+    from annotation.services.enrollment import rater_token_make
+
+    return "Rater " + rater_token_make(
+        enrollment=Enrollment.objects.get(campaign=campaign, rater=user))
+
+
+def token_client(campaign, user, door: str = "api"):
+    """A client with the rate page's credential (the rater token, no session): Django's test
+    client, where the REST views answer, or the WSGI application, where the fast path does."""
+    from django.test import Client
+
+    auth = rater_auth(campaign, user)
+    return Client(HTTP_AUTHORIZATION=auth) if door == "api" else WsgiClient(
+        HTTP_AUTHORIZATION=auth)
+
+
+@pytest.fixture
+def fast_path_calls(monkeypatch) -> list[str]:
+    """The rating calls the fast path answers during the test (next, heartbeat, judgment)."""
+    from annotation.fastpath import RatingFastPath
+
+    calls: list[str] = []
+    answer = RatingFastPath._answer
+    monkeypatch.setattr(RatingFastPath, "_answer", staticmethod(
+        lambda rater, call, arg, body: calls.append(call) or answer(rater, call, arg, body)))
+    return calls
+
+
 @pytest.fixture(params=["api", "fast-path"])
 def rating_door(request):
     """Runs a test twice: the rater token's requests through Django's test client (the REST

@@ -11,7 +11,7 @@ from annotation.models import Assignment, Enrollment, Invite, Judgment
 from annotation.roles import ADMIN, role_add
 from annotation.services.campaigns import invite_create
 from policy.models import Candidate, PolicyVersion
-from tests.annotation.conftest import SOURCES, WsgiClient, enrol, make_campaign
+from tests.annotation.conftest import SOURCES, WsgiClient, enrol, make_campaign, token_client
 
 
 def client_for(user) -> Client:
@@ -249,21 +249,10 @@ def test_campaign_page_draws_the_ratings(corpus, researcher):
     assert page.content.count(b"<svg") >= 1 and b"ground_truth" in page.content
 
 
-def _token_client(campaign, user, door: str = "api") -> Client | WsgiClient:
-    """A client with the rate page's credential: through Django's test client (the REST
-    views) or through the WSGI application (the fast path answers)."""
-    from annotation.services.enrollment import rater_token_make
-
-    enrollment = Enrollment.objects.get(campaign=campaign, rater=user)
-    auth = "Rater " + rater_token_make(enrollment=enrollment)
-    return Client(HTTP_AUTHORIZATION=auth) if door == "api" else WsgiClient(
-        HTTP_AUTHORIZATION=auth)
-
-
 def test_the_rater_token_stands_for_the_session_on_the_rating_calls(campaign, rating_door):
     # given: a client with the page's token and no session (no cookie, no CSRF token)
     (user,) = enrol(campaign)
-    c = _token_client(campaign, user, rating_door)
+    c = token_client(campaign, user, rating_door)
     # when: a full item
     body = c.post(reverse("annotation:api-next", args=[campaign.slug])).json()
     lease = body["assignments"][0]
@@ -285,7 +274,7 @@ def test_a_forged_expired_or_foreign_rater_token_is_refused(campaign, corpus, mo
     import annotation.services.enrollment as enrollment_services
 
     (user,) = enrol(campaign)
-    good = _token_client(campaign, user, rating_door)
+    good = token_client(campaign, user, rating_door)
     door = Client if rating_door == "api" else WsgiClient
     lease = good.post(reverse("annotation:api-next", args=[campaign.slug])).json()[
         "assignments"][0]
@@ -297,7 +286,7 @@ def test_a_forged_expired_or_foreign_rater_token_is_refused(campaign, corpus, mo
     # campaign's leases or items.
     other = make_campaign(corpus, slug="other", overlap=3)
     Enrollment.objects.create(campaign=other, rater=user)
-    foreign = _token_client(other, user, rating_door)
+    foreign = token_client(other, user, rating_door)
     expires = Assignment.objects.get(token=lease["id"]).expires_at
     assert foreign.post(heartbeat).status_code == 404
     assert Assignment.objects.get(token=lease["id"]).expires_at == expires  # nothing extended

@@ -13,24 +13,20 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotation.fastpath import _ROUTE, RatingFastPath
-from annotation.models import Assignment, Enrollment, Judgment
-from annotation.services.enrollment import rater_token_make
-from tests.annotation.conftest import WsgiClient, enrol, keep_test_connection, make_campaign
+from annotation.models import Assignment, Judgment
+from tests.annotation.conftest import (
+    WsgiClient,
+    enrol,
+    keep_test_connection,
+    make_campaign,
+    rater_auth,
+    token_client,
+)
 
 
 @pytest.fixture
 def campaign(corpus):
     return make_campaign(corpus, gold_rate=0, catch_rate=0, repeat_rate=0, overlap=3)
-
-
-def _auth(campaign, user) -> str:
-    return "Rater " + rater_token_make(enrollment=Enrollment.objects.get(campaign=campaign,
-                                                                         rater=user))
-
-
-def _client(door: str, auth: str):
-    return Client(HTTP_AUTHORIZATION=auth) if door == "api" else WsgiClient(
-        HTTP_AUTHORIZATION=auth)
 
 
 def test_the_routes_are_the_api_urls():
@@ -48,8 +44,8 @@ def test_the_routes_are_the_api_urls():
 def test_every_answer_is_the_apis_whichever_door(campaign, rating_door, both_rating_paths):
     # given: two raters, one lease each; every request below is sent through the door
     user, other = enrol(campaign, 2)
-    me = _client(rating_door, _auth(campaign, user))
-    them = _client(rating_door, _auth(campaign, other))
+    me = token_client(campaign, user, rating_door)
+    them = token_client(campaign, other, rating_door)
     leases = me.post(reverse("annotation:api-next", args=[campaign.slug])).json()["assignments"]
     theirs = them.post(reverse("annotation:api-next", args=[campaign.slug])).json()[
         "assignments"][0]["id"]
@@ -106,7 +102,7 @@ def test_every_answer_is_the_apis_whichever_door(campaign, rating_door, both_rat
 
 def test_its_replies_carry_the_headers_djangos_do(campaign):
     (user,) = enrol(campaign)
-    auth = _auth(campaign, user)
+    auth = rater_auth(campaign, user)
     lease = Client(HTTP_AUTHORIZATION=auth).post(
         reverse("annotation:api-next", args=[campaign.slug])).json()["assignments"][0]["id"]
     url = reverse("annotation:api-heartbeat", args=[lease])
@@ -122,7 +118,7 @@ def test_its_replies_carry_the_headers_djangos_do(campaign):
 
 def test_everything_else_goes_to_django(campaign, settings):
     (user,) = enrol(campaign)
-    auth = _auth(campaign, user)
+    auth = rater_auth(campaign, user)
     lease = Client(HTTP_AUTHORIZATION=auth).post(
         reverse("annotation:api-next", args=[campaign.slug])).json()["assignments"][0]["id"]
     heartbeat = reverse("annotation:api-heartbeat", args=[lease])
@@ -186,7 +182,7 @@ def test_everything_else_goes_to_django(campaign, settings):
 
 def test_a_body_over_the_limit_is_refused_whichever_door(campaign, rating_door, settings):
     (user,) = enrol(campaign)
-    me = _client(rating_door, _auth(campaign, user))
+    me = token_client(campaign, user, rating_door)
     lease = me.post(reverse("annotation:api-next", args=[campaign.slug])).json()[
         "assignments"][0]["id"]
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000

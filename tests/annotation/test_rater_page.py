@@ -26,7 +26,6 @@ from django.db import connections  # noqa: E402
 from django.urls import reverse  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-from annotation.fastpath import RatingFastPath  # noqa: E402
 from annotation.models import Enrollment, Judgment  # noqa: E402
 from annotation.services.campaigns import (  # noqa: E402
     campaign_create,
@@ -173,12 +172,9 @@ def _outcome(j: Judgment) -> str:
     return j.choice
 
 
-def test_a_rater_watches_and_votes_in_chromium(project_server, campaign, browser, monkeypatch):
+def test_a_rater_watches_and_votes_in_chromium(project_server, campaign, browser,
+                                               fast_path_calls):
     # The project's WSGI application, as gunicorn serves it: the fast path answers the page.
-    fast = []
-    answer = RatingFastPath._answer
-    monkeypatch.setattr(RatingFastPath, "_answer", staticmethod(
-        lambda rater, call, arg, body: fast.append(call) or answer(rater, call, arg, body)))
     invite = invite_create(campaign=campaign, label="browser")
     context = browser.new_context(viewport=LAPTOP)
     page, page_errors = _open(context)
@@ -228,7 +224,7 @@ def test_a_rater_watches_and_votes_in_chromium(project_server, campaign, browser
     # The answer's reply carries the next items: no second call before the next item shows,
     # and the rater token, not the session, authenticates the call.
     assert answered.value.request.headers["authorization"].startswith("Rater ")
-    assert "judgment" in fast and "next" in fast
+    assert "judgment" in fast_path_calls and "next" in fast_path_calls
     on_screen = answered.value.json()["next"]["assignments"][0]["id"]
     expect(page.locator("#progress-text")).to_have_text("1 / 3")
     assert [u for u in asked if u.endswith("/next/")] == []
