@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from annotation.models import (
     CRITERIA,
+    DEFAULT_WEIGHTS,
     AssignmentStatus,
     Enrollment,
     Judgment,
@@ -121,12 +122,14 @@ class _Lease:
     ask_strength: bool
     reason_tags: list[str]
     block_after: int
+    weights: dict[str, float]
     seat: Seat
 
 
 _LEASE_FOR_ANSWER = (  # built from constants only; every value is a parameter
     'SELECT a.id, a.rater_id, a.status, a.expires_at, a.item_id, a.probe, a.repeat_of_id, '  # noqa: S608
-    'a."order", c.protocol, c.ask_strength, c.reason_tags, c.block_after, ' + SEAT_COLUMNS +
+    'a."order", c.protocol, c.ask_strength, c.reason_tags, c.block_after, c.criteria_weights, '
+    + SEAT_COLUMNS +
     " FROM annotation_assignment a JOIN annotation_campaign c ON c.id = a.campaign_id "
     "JOIN annotation_enrollment e ON e.campaign_id = a.campaign_id AND e.rater_id = a.rater_id "
     "JOIN auth_user u ON u.id = a.rater_id WHERE a.token = %s"
@@ -145,11 +148,12 @@ def _lease_for_answer(token: str, campaign_id: int | None) -> _Lease:
         row = cursor.fetchone()
     if row is None:
         raise refusal("no_such_assignment")
-    seat = seat_from_row(row[12:12 + SEAT_WIDTH])
+    seat = seat_from_row(row[13:13 + SEAT_WIDTH])
     if campaign_id is not None and seat.pk != campaign_id:
         raise refusal("no_such_assignment")
     return _Lease(row[0], token, row[1], row[2], db_datetime(row[3]), row[4], row[5], row[6],
-                  db_json(row[7]), row[8], bool(row[9]), db_json(row[10]) or [], row[11], seat)
+                  db_json(row[7]), row[8], bool(row[9]), db_json(row[10]) or [], row[11],
+                  {**DEFAULT_WEIGHTS, **(db_json(row[12]) or {})}, seat)
 
 
 # The refusals of an answer that does not fit its lease's campaign: the same words on both paths
@@ -242,16 +246,24 @@ def _group(lease: _Lease, answer: _Answer) -> list[dict[str, int]]:
     return by_slot  # type: ignore[return-value]
 
 
-def _qc(lease: _Lease, outcome: str) -> dict:
-    """The probe's verdict: gold items have the ground truth in slot 0."""
+def _qc(lease: _Lease, outcome: str, scores: list[dict[str, int]] | None) -> dict:
+    """The probe's verdict: gold items have the ground truth in slot 0; a hidden repeat of a
+    pairwise item passes with the same outcome again, of a group item when the candidates it
+    scores best (weighted) include one the first answer scored best."""
     if lease.probe == Probe.GOLD:
         return {"probe": "gold", "passed": outcome == "a"}
     if lease.probe == Probe.CATCH:
         return {"probe": "catch", "passed": outcome == "tie"}
     if lease.probe == Probe.REPEAT:
         first = Judgment.objects.filter(assignment_id=lease.repeat_of_id).values_list(
-            "outcome", flat=True).first()
-        return {"probe": "repeat", "passed": first == outcome, "first": first}
+            "outcome", "scores").first()
+        if lease.protocol == Protocol.GROUP:
+            before = group_best(first[1], lease.weights) if first else []
+            now = group_best(scores, lease.weights)
+            return {"probe": "repeat", "passed": bool(set(before) & set(now)),
+                    "first": before, "best": now}
+        return {"probe": "repeat", "passed": first is not None and first[0] == outcome,
+                "first": first[0] if first else None}
     return {}
 
 
@@ -373,7 +385,7 @@ def _judgment(lease: _Lease, key: uuid.UUID, answer: _Answer) -> Judgment:
         idempotency_key=key, assignment_id=lease.id, campaign_id=lease.seat.pk,
         item_id=lease.item_id, rater_id=lease.rater_id, probe=lease.probe, order=lease.order,
         decision_ms=answer.decision_ms, viewing_ms=answer.viewing_ms, playback=answer.playback,
-        qc=_qc(lease, fields["outcome"]), created_at=timezone.now(), **fields)
+        qc=_qc(lease, fields["outcome"], fields["scores"]), created_at=timezone.now(), **fields)
 
 
 def _probe_counts(qc: dict) -> tuple[int, int]:
@@ -496,13 +508,27 @@ def _top_up(seat: Seat, wanted: bool) -> NextResult | None:
         return None
 
 
+def _group_values(scores: list[dict[str, int]], weights: dict[str, float]) -> list[float]:
+    """Each slot's weighted mean score."""
+    total = sum(weights.values()) or 1.0
+    return [sum(weights[c] * s[c] for c in CRITERIA) / total for s in scores]
+
+
+def group_best(scores: list[dict[str, int]] | None, weights: dict[str, float]) -> list[int]:
+    """The slots a group answer scores best (weighted; more than one when they tie)."""
+    if not scores:
+        return []
+    value = _group_values(scores, weights)
+    top = max(value)
+    return [i for i, v in enumerate(value) if math.isclose(v, top)]
+
+
 def group_pairs(judgment: Judgment, weights: dict[str, float]) -> list[tuple[int, int, float]]:
     """Every ordered pair a group judgment implies, as (better slot, worse slot, margin) by the
     weighted score; the first pair is best vs worst."""
     if not judgment.scores:
         return []
-    total = sum(weights.values()) or 1.0
-    value = [sum(weights[c] * s[c] for c in CRITERIA) / total for s in judgment.scores]
+    value = _group_values(judgment.scores, weights)
     ranked = sorted(range(len(value)), key=lambda i: -value[i])
     pairs = [(i, j, value[i] - value[j]) for i in ranked for j in ranked
              if value[i] - value[j] > 0 and not math.isclose(value[i], value[j])]

@@ -113,6 +113,60 @@ def test_group_scores_are_stored_in_slot_order_and_give_pairs(corpus):
     assert json.dumps(j.scores)
 
 
+def _scores(best: int, runner_up: int, size: int) -> list[dict[str, int]]:
+    """Scores by slot: ``best`` has the top empathy, ``runner_up`` the top everything else."""
+    out = [dict.fromkeys(CRITERIA, 1) for _ in range(size)]
+    out[best]["empathy"] = 5
+    out[runner_up] = {**dict.fromkeys(CRITERIA, 5), "empathy": 2}
+    return out
+
+
+@pytest.mark.parametrize("consistent", [True, False])
+def test_a_hidden_repeat_of_a_group_item_checks_the_best_candidate(corpus, monkeypatch,
+                                                                   consistent):
+    # given: a group campaign that weighs empathy alone, and hidden repeats whenever possible
+    import annotation.services.judgments as judgments
+    import annotation.services.scheduling as scheduling
+
+    for module in (scheduling, judgments):
+        monkeypatch.setattr(module, "probe_numbers", lambda: [0.1] * scheduling.PREFETCH)
+    campaign = make_campaign(corpus, protocol="group", group_size=3, repeat_rate=0.5,
+                             criteria_weights={"empathy": 1.0, "appropriateness": 0,
+                                               "engagement": 0, "naturalness": 0})
+    (user,) = enrol(campaign)
+    # when: the rater scores the first slot shown best on every item, and on a repeat (sides
+    # reversed) gives the top empathy to the same candidate, or to another one while scoring
+    # the first one's best highest on everything else
+    for _ in range(12):
+        result = assignments_next(rater=user, campaign_slug=campaign.slug)
+        if result.state != "rating":
+            break
+        a = result.assignments[0]
+        if a.probe == "repeat":
+            first = Judgment.objects.get(assignment=a.repeat_of)
+            before = first.order[0]
+            other = next(slot for slot in a.order if slot != before)
+            by_slot = (_scores(before, other, 3) if consistent else _scores(other, before, 3))
+        else:
+            by_slot = _scores(a.order[0], a.order[1], 3)
+        shown = [by_slot[slot] for slot in a.order]
+        judgment_submit(rater=user, token=str(a.token), idempotency_key=uuid.uuid4(),
+                        scores=shown, decision_ms=5)
+    # then: each repeat passed exactly when the weighted best was the same candidate
+    repeats = list(Judgment.objects.filter(probe="repeat"))
+    assert repeats
+    for j in repeats:
+        first = Judgment.objects.get(assignment_id=j.assignment.repeat_of_id)
+        assert j.qc["first"] == [first.order[0]]
+        assert j.qc["passed"] is consistent
+        assert (j.qc["best"] == j.qc["first"]) is consistent
+    regular = Judgment.objects.filter(probe="none")
+    assert all(j.qc == {} for j in regular)
+    enrollment = user.enrollments.get()
+    assert (enrollment.probes_passed, enrollment.probes_failed) == (
+        (len(repeats), 0) if consistent else (0, len(repeats)))
+
+
 @pytest.mark.parametrize("settings_, answer, message", [
     ({"protocol": "group", "group_size": 3}, {"choice": "left"}, "this campaign scores groups"),
     ({"protocol": "group", "group_size": 3}, {}, "a list of 3 score sets"),
