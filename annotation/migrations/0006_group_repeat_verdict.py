@@ -20,6 +20,8 @@ import importlib
 
 from django.db import migrations
 
+from annotation.migrations._sql_edits import edited
+
 before = importlib.import_module("annotation.migrations.0005_answer_in_one_call")
 
 GROUP_BEST = r"""
@@ -63,18 +65,10 @@ EDITS = [
 ]
 
 
-def _edited(sql: str) -> str:
-    for old, new in EDITS:
-        if sql.count(old) != 1:
-            raise RuntimeError(f"migration 0006: expected one {old!r} in 0005's function")
-        sql = sql.replace(old, new)
-    return sql
-
-
 def create(apps, schema_editor) -> None:
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(GROUP_BEST, params=None)
-        schema_editor.execute(_edited(before.FUNCTIONS), params=None)
+        schema_editor.execute(edited(before.FUNCTIONS, EDITS, "0006"), params=None)
 
 
 def restore(apps, schema_editor) -> None:

@@ -432,7 +432,11 @@ def _lease_probe(seat: Seat, probe: str) -> Assignment | None:
             return None
         return _new_lease(seat, earlier.item_id, len(earlier.order), probe=Probe.REPEAT,
                           order=list(reversed(earlier.order)), repeat_of_id=earlier.pk)
-    seen = Assignment.objects.filter(item=OuterRef("pk"), rater_id=seat.rater_id)
+    # A probe item the rater holds or answered (a lease that ran out unanswered does not
+    # count, as for regular items); the same conditions as ``one_live_exposure_per_rater``,
+    # so PostgreSQL answers it from that index.
+    seen = (Assignment.objects.filter(item=OuterRef("pk"), rater_id=seat.rater_id)
+            .exclude(probe=Probe.REPEAT).exclude(status=AssignmentStatus.EXPIRED))
     item = (Item.objects.filter(campaign_id=seat.pk, probe=probe).exclude(Exists(seen))
             .only("pk", "size").order_by("?").first())
     if item is None:

@@ -97,6 +97,39 @@ def test_an_abandoned_lease_expires_and_its_item_is_served_again(corpus):
     assert not Judgment.objects.filter(rater=first).exists()
 
 
+def test_a_gold_item_is_shown_once_unless_its_lease_ran_out(corpus, monkeypatch):
+    # given: two gold items, and every lease after a rater's first a gold one while one is left
+    import annotation.services.judgments as judgments
+    import annotation.services.scheduling as scheduling
+
+    for module in (scheduling, judgments):
+        monkeypatch.setattr(module, "probe_numbers", lambda: [0.01] * PREFETCH)
+    campaign = make_campaign(corpus, overlap=3, gold_rate=0.5)
+    golds = set(Item.objects.filter(campaign=campaign, probe=Probe.GOLD)
+                .values_list("pk", flat=True))
+    assert len(golds) == 2
+    steady, leaver = enrol(campaign, 2)
+
+    def gold_shown(user, answers: int) -> list[int]:
+        shown: dict[int, int] = {}  # lease -> item, each gold lease once
+        for _ in range(answers):
+            result = assignments_next(rater=user, campaign_slug=campaign.slug)
+            shown |= {a.pk: a.item_id for a in result.assignments if a.probe == Probe.GOLD}
+            answer(user, result.assignments[0])
+        return sorted(shown.values())
+
+    # when one rater answers everything: each gold item once
+    assert gold_shown(steady, 6) == sorted(golds)
+    # when another rater's first gold lease runs out unanswered
+    leases = assignments_next(rater=leaver, campaign_slug=campaign.slug).assignments
+    (lost,) = [a.item_id for a in leases if a.probe == Probe.GOLD]
+    Assignment.objects.filter(rater=leaver).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert assignments_expire() == PREFETCH
+    # then that item can come again: the rater answers both gold items after all
+    assert gold_shown(leaver, 6) == sorted(golds)
+    assert Judgment.objects.filter(rater=leaver, item_id=lost).count() == 1
+
+
 def test_heartbeat_extends_all_of_the_raters_leases(corpus):
     campaign = make_campaign(corpus, lease_seconds=60)
     (user,) = enrol(campaign)
