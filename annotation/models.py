@@ -243,8 +243,8 @@ class Assignment(models.Model):
         # No index holds ``expires_at``: a heartbeat then rewrites no index entry (PostgreSQL
         # keeps the new row version on its page, see migration 0004), and heartbeats are the
         # most frequent write. Live leases of an item are counted through
-        # ``assignment_live_item``, which holds only the item's own active rows (migration
-        # 0007); expired ones are found among the active rows.
+        # ``assignment_live_item``, which is keyed by item (migration 0007); expired ones are
+        # found among the active rows.
         indexes = [
             models.Index(fields=["rater", "campaign", "status"], name="assignment_rater_live"),
             models.Index(fields=["item"], condition=models.Q(status="active"),

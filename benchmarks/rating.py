@@ -212,27 +212,31 @@ def _analyze() -> None:
                      "annotation_enrollment")
 
 
-def buffer_reads() -> dict[str, int]:
-    """PostgreSQL's count of pages read from its buffer cache (``pg_statio``): in all, and per
-    rating table (heap and indexes). A measure of the database's work that does not drift with
-    the machine's speed."""
+def postgresql_reads() -> dict[str, int]:
+    """PostgreSQL's own counts of its work, which do not drift with the machine's speed as CPU
+    time does: pages read from its buffer cache (``pg_statio``), in all and per rating table
+    (heap and indexes), and rows of the lease table read by scans of the whole table."""
     import psycopg
 
     with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
-        out = dict(conn.execute(
+        out = {f"pages {name.removeprefix('annotation_')}": n for name, n in conn.execute(
             "SELECT relname, heap_blks_hit + coalesce(idx_blks_hit, 0) "
-            "FROM pg_statio_user_tables WHERE relname LIKE 'annotation\\_%'").fetchall())
-        out["all"] = conn.execute("SELECT blks_hit FROM pg_stat_database "
-                                  "WHERE datname = current_database()").fetchone()[0]
+            "FROM pg_statio_user_tables WHERE relname LIKE 'annotation\\_%'").fetchall()}
+        out["pages in all"] = conn.execute("SELECT blks_hit FROM pg_stat_database "
+                                           "WHERE datname = current_database()").fetchone()[0]
+        out["lease rows read by whole-table scans"] = conn.execute(
+            "SELECT seq_tup_read FROM pg_stat_user_tables "
+            "WHERE relname = 'annotation_assignment'").fetchone()[0]
     return out
 
 
-def buffers_per_judgment(before: dict[str, int], after: dict[str, int],
+def reads_per_judgment(before: dict[str, int], after: dict[str, int],
                          judgments: int) -> dict[str, float]:
     n = max(judgments, 1)
-    per = {k.removeprefix("annotation_"): round((after[k] - before.get(k, 0)) / n, 1)
-           for k in after}
-    return dict(sorted(((k, v) for k, v in per.items() if v >= 0.5), key=lambda kv: -kv[1]))
+    per = {k: round((after[k] - before.get(k, 0)) / n, 1) for k in after}
+    keep = ("pages in all", "lease rows read by whole-table scans")
+    return {k: per[k] for k in (*keep, *sorted((k for k in per if k not in keep and per[k] >= 0.5),
+                                                key=lambda k: -per[k]))}
 
 
 def campaign_check() -> dict:
@@ -940,7 +944,7 @@ def where_the_time_goes(run: dict, sql: dict, floor: dict, floor_http: dict) -> 
                 requests * floor["drf_rater_token_ms"], 1),
         },
         "statements_per_call": {e: sql[e]["statements_mean"] for e in ENDPOINTS},
-        "postgresql_buffer_reads_per_judgment": run["buffer_reads_per_judgment"],
+        "postgresql_reads_per_judgment": run["postgresql_reads_per_judgment"],
         "stack_alone_judgments_per_s": floor_http["judgments_per_s"],
         "stack_alone_server_cpu_ms_per_judgment": round(
             floor_http["cpu"]["server"] * 1000 / max(floor_http["judgments_per_s"], 1e-9), 1),
@@ -969,16 +973,16 @@ def _measure(config: ServerConfig, env: dict, logs: Path, raters: list[RaterSess
              label: str, duration: float, pace: float, warmup: float,
              cycle=one_judgment) -> dict:
     reset_campaign()
-    before = buffer_reads()
+    before = postgresql_reads()
     with Server(config, env, logs) as server:
         run = run_load(server, raters, label=label, duration=duration, pace=pace,
                        warmup=warmup, cycle=cycle)
     # (read once the server's connections are closed: a backend reports its counts on exit)
-    after = buffer_reads()
+    after = postgresql_reads()
     run["check"] = campaign_check()
     # Every judgment of the run, warm-up included, as the counts are.
-    run["buffer_reads_per_judgment"] = buffers_per_judgment(before, after,
-                                                            run["check"]["judgments"])
+    run["postgresql_reads_per_judgment"] = reads_per_judgment(before, after,
+                                                                run["check"]["judgments"])
     _print_run(run)
     return run
 
@@ -1217,9 +1221,8 @@ def main() -> None:
           + ", ".join(f"{e} {sql[e]['statements_mean']:g}" for e in ENDPOINTS)
           + "; in process, alone: "
           + ", ".join(f"{e} {sql[e]['in_process_p50_ms']:g} ms" for e in ENDPOINTS))
-    reads = wt["postgresql_buffer_reads_per_judgment"]
-    print(f"  PostgreSQL pages read per judgment: {reads.get('all')} in all; "
-          + ", ".join(f"{k} {v}" for k, v in reads.items() if k != "all"))
+    print("  PostgreSQL's work per judgment: " + ", ".join(
+        f"{k} {v:g}" for k, v in wt["postgresql_reads_per_judgment"].items()))
     print(f"  a database round trip (SELECT 1) costs {round_trip['postgresql_cpu_ms']} ms of "
           f"PostgreSQL CPU and {round_trip['client_cpu_ms']} ms in the client")
     print(f"  a rating call that does nothing costs {floor['drf_rater_token_ms']} ms in process "
