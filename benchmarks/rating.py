@@ -9,7 +9,9 @@ Everything runs on this machine; traffic goes only to 127.0.0.1, for a bounded t
 1. A throw-away PostgreSQL database ``backchannel_bench`` (dropped and made again, migrated, left
    behind for inspection; ``BENCH_DATABASE_URL`` names another), a synthetic corpus and one
    large pairwise campaign (3,360 items, overlap 3, gold/catch/repeat probes at the default
-   rates, consent text), its clips marked rendered with stand-in files. The environment
+   rates, consent text), its clips marked rendered with stand-in files, and an earlier, closed
+   round over the same corpus, fully answered by the same raters (written in bulk), so the
+   tables are those of a platform at work rather than a new install. The environment
    (``SECRET_KEY``, ``DEBUG=0``, plain HTTP cookies, ...) is set here; ``scripts/test`` makes
    .venv and starts PostgreSQL.
 2. Raters join through the invite page over HTTP (GET, then POST with the CSRF token and
@@ -28,14 +30,16 @@ Everything runs on this machine; traffic goes only to 127.0.0.1, for a bounded t
        heartbeat for an item answered within the heartbeat interval), the same answered by the
        REST views with the fast path switched off (``RATING_FAST_PATH=0``), a client that signs
        in with the session and asks for each next item separately (three calls per item), and
-       a DRF rating view that does nothing (what that stack costs before any rating work). The paced
-       load also runs against gunicorn's default, and with fewer raters (``--capacity``).
+       a DRF rating view that does nothing (what that stack costs before any rating work). The
+       paced load also runs against gunicorn's default, and with fewer raters (``--capacity``);
+       last, saturation on the tables of a new install (the earlier round removed).
 4. Where the time goes: the server answers with its own time per request (``X-Bench`` header
    from ``benchmarks/rating_settings.py``, which wraps the project's WSGI application: µs in
    the application, SQL statements, µs in them), the
    CPU of the server processes, PostgreSQL, this load generator and everything else is read
-   from /proc, and, in process with Django's test client, the statements of each call and the
-   cost of a request that does nothing.
+   from /proc, PostgreSQL's own counts of pages and rows it read (which do not drift with the
+   machine's speed), and, in process with Django's test client, the statements of each call and
+   the cost of a request that does nothing.
 
 Each run starts from the same state: the campaign's leases and judgments are deleted, counters
 zeroed and the tables vacuumed; planner statistics are taken after a warm-up, as autovacuum
@@ -181,6 +185,66 @@ def build_campaign(*, episodes: int, items: int, seed: int) -> dict:
         "campaign_s": round(campaign_s, 1),
         "invite": invite.token,
     }
+
+
+def build_history(*, seed: int) -> dict:
+    """An earlier, closed campaign over the same corpus with every item answered by three of the
+    raters, written in bulk: the lease and judgment tables of a platform that has run campaigns
+    before. On a nearly empty lease table PostgreSQL plans the rating functions' lookups as
+    whole-table scans and keeps those plans for the connection until statistics are retaken;
+    a run starting from one measured that, not a platform at work."""
+    from django.db import connection
+
+    from annotation.models import Campaign, CampaignStatus, Enrollment
+    from annotation.services.campaigns import campaign_create
+
+    t0 = time.perf_counter()
+    bench = Campaign.objects.get(slug=SLUG)
+    items = bench.items.count()
+    earlier = campaign_create(
+        name="Benchmark, earlier round", slug=f"{SLUG}-earlier", dataset=bench.dataset,
+        sources=bench.sources, episodes=list(bench.dataset.episodes.order_by("key")),
+        overlap=bench.overlap, target_items=items, seed=seed + 1, gold_rate=0, catch_rate=0,
+        repeat_rate=0).campaign
+    Campaign.objects.filter(pk=earlier.pk).update(status=CampaignStatus.CLOSED)
+    raters = list(Enrollment.objects.filter(campaign=bench).order_by("rater_id")
+                  .values_list("rater_id", flat=True))
+    with connection.cursor() as cursor:
+        # Item k is answered by raters k, k + 1 and k + 2 (mod the number of raters).
+        cursor.execute(
+            'INSERT INTO annotation_assignment (token, campaign_id, item_id, rater_id, probe, '
+            '"order", status, leased_at, heartbeat_at, expires_at) '
+            "SELECT gen_random_uuid(), %s, i.id, (%s::int[])[1 + (i.k + j) %% %s], 'none', "
+            "'[0, 1]', 'submitted', now() - interval '1 day', now() - interval '1 day', "
+            "now() - interval '1 day' + interval '90 seconds' "
+            "FROM (SELECT id, row_number() OVER (ORDER BY id) AS k FROM annotation_item "
+            "      WHERE campaign_id = %s) i, generate_series(0, %s - 1) j",
+            [earlier.pk, raters, len(raters), earlier.pk, bench.overlap])
+        cursor.execute(
+            'INSERT INTO annotation_judgment (idempotency_key, assignment_id, campaign_id, '
+            'item_id, rater_id, probe, "order", choice, outcome, strength, reasons, decision_ms, '
+            "viewing_ms, playback, qc, created_at) "
+            "SELECT gen_random_uuid(), a.id, a.campaign_id, a.item_id, a.rater_id, 'none', "
+            "a.\"order\", 'left', 'a', NULL, '[]', 2000, 9000, '{}', '{}', a.expires_at "
+            "FROM annotation_assignment a WHERE a.campaign_id = %s",
+            [earlier.pk])
+        cursor.execute("UPDATE annotation_item SET n_judgments = %s WHERE campaign_id = %s",
+                       [bench.overlap, earlier.pk])
+        cursor.execute("SELECT count(*) FROM annotation_judgment WHERE campaign_id = %s",
+                       [earlier.pk])
+        answered = cursor.fetchone()[0]
+    connection.close()
+    return {"earlier_round_judgments": answered,
+            "earlier_round_s": round(time.perf_counter() - t0, 1)}
+
+
+def drop_history() -> None:
+    """Remove the earlier round's leases and judgments (the next reset vacuums the tables)."""
+    from annotation.models import Assignment, Judgment
+
+    earlier = f"{SLUG}-earlier"
+    Judgment.objects.filter(campaign__slug=earlier).delete()
+    Assignment.objects.filter(campaign__slug=earlier).delete()
 
 
 def reset_campaign() -> None:
@@ -1016,7 +1080,7 @@ def main() -> None:
         args.sat_rounds = 1
         args.sweep_rounds = 1
         args.floor_s = 3
-        args.episodes, args.items, args.capacity = 40, 1000, "25"
+        args.episodes, args.items, args.capacity = 80, 2000, "25"
     warmup = 2.0
 
     t_all = time.perf_counter()
@@ -1066,6 +1130,9 @@ def main() -> None:
             raters = asyncio.run(_join(server.base, invite, max(args.raters, args.sat_raters),
                                        args.seed))
             sizes["join_s"] = round(time.perf_counter() - t0, 1)
+        sizes.update(build_history(seed=args.seed))
+        print(f"  an earlier round: {sizes['earlier_round_judgments']} judgments in another "
+              f"campaign ({sizes['earlier_round_s']:.0f} s)")
 
         # This machine's speed drifts by tens of percent within minutes: the configurations
         # take turns, round after round, and are compared by their mean.
@@ -1129,6 +1196,12 @@ def main() -> None:
                                      label=f"paced, {n} raters, {best.name}",
                                      duration=args.capacity_s, pace=args.pace, warmup=warmup))
 
+        # The same load on the tables of a new install: no earlier round (measured last).
+        drop_history()
+        new_install = _measure(best, env, logs, raters[: args.sat_raters],
+                               label=f"(b) new install's tables, {best.name}",
+                               duration=args.sat_s, pace=0, warmup=warmup)
+
         reset_campaign()
         sql = sql_per_call()
         floor = framework_floor()
@@ -1152,6 +1225,8 @@ def main() -> None:
     }
     comparison["saturation_fast_path_vs_rest_views"] = round(
         saturation["judgments_per_s"] / max(rest_views["judgments_per_s"], 1e-9), 2)
+    comparison["saturation_vs_new_install_tables"] = round(
+        saturation["judgments_per_s"] / max(new_install["judgments_per_s"], 1e-9), 2)
     comparison["saturation_rate_page_protocol_vs_session_3_calls"] = round(
         saturation["judgments_per_s"] / max(session["judgments_per_s"], 1e-9), 2)
     comparison[f"paced_p95_{default.name}_over_{best.name}"] = {
@@ -1162,6 +1237,7 @@ def main() -> None:
         if paced_default["judgments_per_s"] else None)
     met = [r["raters"] for r in capacity if ok(r) and r["error_count"] == 0]
     checks = [r["check"] for r in [*sweep_runs, paced, *sat_runs, answers, rest_views, session,
+                                   new_install,
                                    paced_default,
                                    *capacity]]
     goals = {
@@ -1196,6 +1272,7 @@ def main() -> None:
         "saturation_answers_only": answers,
         "floor_http": floor_http,
         "saturation_rest_views": rest_views,
+        "saturation_new_install_tables": new_install,
         "session_three_calls": session,
         "paced_capacity": capacity,
         "largest_paced_raters_meeting_p95": max(met) if met else None,
