@@ -31,6 +31,14 @@ class CampaignStatus(models.TextChoices):
 
 CRITERIA = ("empathy", "appropriateness", "engagement", "naturalness")
 DEFAULT_WEIGHTS = {c: 1.0 for c in CRITERIA}
+
+
+def criteria_weights_read(stored: object) -> dict[str, float]:
+    """A campaign's weight per criterion: the stored ones that are numbers, the default for the
+    rest (``annotation_group_best`` in migration 0006 reads them the same way)."""
+    stored = stored if isinstance(stored, dict) else {}
+    return {c: float(w) if isinstance(w, int | float) and not isinstance(w, bool) else d
+            for c, d in DEFAULT_WEIGHTS.items() for w in [stored.get(c)]}
 DEFAULT_REASONS = ["timing", "wrong emotion", "too still", "too busy", "unnatural motion"]
 
 
@@ -110,7 +118,7 @@ class Campaign(models.Model):
 
     @property
     def weights(self) -> dict[str, float]:
-        return {**DEFAULT_WEIGHTS, **(self.criteria_weights or {})}
+        return criteria_weights_read(self.criteria_weights)
 
 
 class Probe(models.TextChoices):

@@ -7,13 +7,16 @@ include one the first answer scored best (``judgments._qc`` and ``judgments.grou
 ``qc`` keeps both sets of slots (``first``, ``best``).
 
 * ``annotation_group_best(scores, weights)``: the best-scored slots of a group answer; the
-  weights are the campaign's ``criteria_weights`` over the defaults (every criterion 1, as
-  ``annotation.models.DEFAULT_WEIGHTS``); values within a relative 1e-9 tie, as
-  ``math.isclose``.
+  weights are the campaign's ``criteria_weights`` that are numbers, the default (1, as
+  ``annotation.models.criteria_weights_read``) for the rest; values within a relative 1e-9 tie,
+  as ``math.isclose``.
 * ``annotation_answer`` (migration 0005) again, with its lease query reading the campaign's
   weights and the repeat's verdict for group items. It is 0005's text with the edits in
   ``EDITS``, each checked to apply exactly once, so the function a reader finds in 0005 is the
   one here but for them.
+
+Verdicts stored before stay as they were (passed), as do the raters' probe counts, which decided
+warnings and blocking at the time.
 """
 
 import importlib
@@ -29,7 +32,8 @@ CREATE FUNCTION annotation_group_best(p_scores jsonb, p_weights jsonb)
 RETURNS integer[]
 LANGUAGE sql IMMUTABLE AS $fn$
     WITH w AS (
-        SELECT c.name, coalesce((p_weights ->> c.name)::float8, 1.0) AS weight
+        SELECT c.name, CASE WHEN jsonb_typeof(p_weights -> c.name) = 'number'
+                            THEN (p_weights ->> c.name)::float8 ELSE 1.0 END AS weight
           FROM unnest(ARRAY['empathy', 'appropriateness', 'engagement', 'naturalness'])
                AS c(name)
     ), v AS (

@@ -6,8 +6,11 @@ the rating benchmark's counts of PostgreSQL's reads, ``postgresql_reads_per_judg
   An answer changes its lease's ``status``, so the lease's old entry stays in that index,
   pointing at a dead row version, until VACUUM: each count read every lease answered in the
   campaign since then. The index is now keyed by item (``assignment_live_item``): a count reads
-  that item's few entries. The sweep of expired leases and the progress page, which read active
-  leases across items, scan it whole as they scanned the old one.
+  that item's few entries. The sweep of expired leases, which reads active leases of every
+  campaign, scans it whole as it scanned the old one; a campaign's progress page now reads the
+  active leases of every campaign to count its own (a few hundred rows at most). The index is
+  built in the migration's transaction, which holds up leasing while it runs: on a platform
+  with millions of leases, run it between campaigns.
 * A gold or catch item the rater has not been shown: ``annotation_top_up`` (migration 0003)
   looked for any lease of that item and rater, a condition no index answers, so PostgreSQL read
   the whole lease table for each such probe. It now looks for a lease the rater holds or

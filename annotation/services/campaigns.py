@@ -87,7 +87,8 @@ def _validate(*, protocol: str, overlap: int, group_size: int, rates: dict[str, 
             raise CampaignError(f"{name}: must be a fraction between 0 and 0.5, got {rate!r}")
     for k, w in (weights or {}).items():
         if k not in ("empathy", "appropriateness", "engagement", "naturalness") or not (
-            isinstance(w, int | float) and math.isfinite(w) and w >= 0
+            isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w)
+            and w >= 0
         ):
             raise CampaignError(f"criteria_weights: {k!r}={w!r} is not a known criterion with "
                                 "a weight >= 0")

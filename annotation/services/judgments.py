@@ -22,12 +22,12 @@ from django.utils import timezone
 
 from annotation.models import (
     CRITERIA,
-    DEFAULT_WEIGHTS,
     AssignmentStatus,
     Enrollment,
     Judgment,
     Probe,
     Protocol,
+    criteria_weights_read,
 )
 from annotation.services.scheduling import (
     PREFETCH,
@@ -153,7 +153,7 @@ def _lease_for_answer(token: str, campaign_id: int | None) -> _Lease:
         raise refusal("no_such_assignment")
     return _Lease(row[0], token, row[1], row[2], db_datetime(row[3]), row[4], row[5], row[6],
                   db_json(row[7]), row[8], bool(row[9]), db_json(row[10]) or [], row[11],
-                  {**DEFAULT_WEIGHTS, **(db_json(row[12]) or {})}, seat)
+                  criteria_weights_read(db_json(row[12])), seat)
 
 
 # The refusals of an answer that does not fit its lease's campaign: the same words on both paths

@@ -42,6 +42,7 @@ def test_group_campaign_puts_the_pool_in_one_item(corpus):
     ({"gold_rate": 0.9}, "gold_rate"),
     ({"gold_rate": float("nan")}, "gold_rate"),
     ({"criteria_weights": {"beauty": 1}}, "criteria_weights"),
+    ({"criteria_weights": {"empathy": True}}, "criteria_weights"),
     ({"protocol": "ranking"}, "protocol"),
     ({"sources": [{"kind": "baseline", "name": "missing"}]}, "no episode has candidates"),
     ({"bogus_option": 1}, "unknown campaign option"),

@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from annotation.models import CRITERIA, Assignment, Judgment
+from annotation.models import CRITERIA, Assignment, Campaign, Judgment
 from annotation.services.judgments import group_pairs, judgment_submit
 from annotation.services.scheduling import LeaseError, assignments_next
 from tests.annotation.conftest import enrol, make_campaign
@@ -133,6 +133,12 @@ def test_a_hidden_repeat_of_a_group_item_checks_the_best_candidate(corpus, monke
     campaign = make_campaign(corpus, protocol="group", group_size=3, repeat_rate=0.5,
                              criteria_weights={"empathy": 1.0, "appropriateness": 0,
                                                "engagement": 0, "naturalness": 0})
+    # (a weight that is not a number, as an admin edit could store, counts as the default 1)
+    Campaign.objects.filter(pk=campaign.pk).update(criteria_weights={
+        **campaign.criteria_weights, "empathy": 4, "naturalness": "much"})
+    campaign.refresh_from_db()
+    assert campaign.weights == {"empathy": 4.0, "appropriateness": 0.0, "engagement": 0.0,
+                                "naturalness": 1.0}
     (user,) = enrol(campaign)
     # when: the rater scores the first slot shown best on every item, and on a repeat (sides
     # reversed) gives the top empathy to the same candidate, or to another one while scoring
