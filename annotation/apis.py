@@ -167,7 +167,6 @@ class RaterApi(APIView):
         return getattr(self.request.user, "campaign_id", None)
 
 
-
 class NextOutputSerializer(serializers.Serializer):
     state = serializers.ChoiceField(
         choices=["rating", "finished", "blocked", "paused", "consent"])
@@ -244,8 +243,7 @@ class JudgmentApi(RaterApi):
                               **_ERRORS},
                    summary="Answer a leased item (exactly once); answers with the next items")
     def post(self, request, token: str) -> Response:
-        return _reply(call_judgment(request.user, str(token), request.data,
-                                        self.campaign_id()))
+        return _reply(call_judgment(request.user, str(token), request.data, self.campaign_id()))
 
 
 # -- campaigns (researchers) ------------------------------------------------------------------

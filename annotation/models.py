@@ -39,6 +39,8 @@ def criteria_weights_read(stored: object) -> dict[str, float]:
     stored = stored if isinstance(stored, dict) else {}
     return {c: float(w) if isinstance(w, int | float) and not isinstance(w, bool) else d
             for c, d in DEFAULT_WEIGHTS.items() for w in [stored.get(c)]}
+
+
 DEFAULT_REASONS = ["timing", "wrong emotion", "too still", "too busy", "unnatural motion"]
 
 

@@ -14,6 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation.models import (
+    CRITERIA,
     Campaign,
     CampaignStatus,
     Invite,
@@ -86,7 +87,7 @@ def _validate(*, protocol: str, overlap: int, group_size: int, rates: dict[str, 
         if not (isinstance(rate, int | float) and math.isfinite(rate) and 0 <= rate <= 0.5):
             raise CampaignError(f"{name}: must be a fraction between 0 and 0.5, got {rate!r}")
     for k, w in (weights or {}).items():
-        if k not in ("empathy", "appropriateness", "engagement", "naturalness") or not (
+        if k not in CRITERIA or not (
             isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w)
             and w >= 0
         ):

@@ -9,8 +9,8 @@ submission increments the item's judgment count under the same lock. A lease is 
 ``expires_at`` is in the future; every heartbeat moves it ``lease_seconds`` ahead, so an
 abandoned page loses its items within that time (no fixed day-long locks).
 
-Two paths do this work: on PostgreSQL, one call per request to the functions of migrations
-0003 and 0005 (a round trip there costs more than the statements); elsewhere, and with
+Two paths do this work: on PostgreSQL, one call per request to the functions of migration 0003
+and those after it (a round trip there costs more than the statements); elsewhere, and with
 ``RATING_DB_FUNCTIONS`` off, the portable statements below, step by step in the same order.
 """
 
@@ -71,7 +71,7 @@ def refusal(code: str) -> LeaseError:
 
 
 def db_functions() -> bool:
-    """Whether the rating calls use the database functions of migrations 0003 and 0005
+    """Whether the rating calls use the database functions of migration 0003 and those after it
     (PostgreSQL, unless ``RATING_DB_FUNCTIONS`` is off) instead of the portable statements."""
     return connection.vendor == "postgresql" and settings.RATING_DB_FUNCTIONS
 
