@@ -4,7 +4,7 @@ A campaign turns candidates into *items* (a pair, or a group of K for group scor
 *enrolled* in a campaign (through an invite link or a crowd-platform entry); each time an item is
 shown to a rater it is an *assignment*: a lease in the database with a heartbeat while the clips
 play and an expiry when the page is abandoned. A *judgment* answers exactly one assignment; it is
-never edited, only superseded.
+never edited or deleted.
 """
 
 import secrets
@@ -35,7 +35,7 @@ DEFAULT_WEIGHTS = {c: 1.0 for c in CRITERIA}
 
 def criteria_weights_read(stored: object) -> dict[str, float]:
     """A campaign's weight per criterion: the stored ones that are numbers, the default for the
-    rest (``annotation_group_best`` in migration 0006 reads them the same way)."""
+    rest."""
     stored = stored if isinstance(stored, dict) else {}
     return {c: float(w) if isinstance(w, int | float) and not isinstance(w, bool) else d
             for c, d in DEFAULT_WEIGHTS.items() for w in [stored.get(c)]}
@@ -208,6 +208,10 @@ class Enrollment(models.Model):
     probes_passed = models.PositiveIntegerField(default=0)
     probes_failed = models.PositiveIntegerField(default=0)
     blocked = models.BooleanField(default=False, help_text="failed too many probes: not served")
+    # Quality control (the feedback app) sets this from its own append-only records: the rating
+    # path reads it and serves nothing more (annotation.rules.serving_state).
+    excluded = models.BooleanField(default=False,
+                                   help_text="excluded by quality control: not served")
     finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -305,8 +309,6 @@ class Judgment(models.Model):
     playback = models.JSONField(default=dict, blank=True,
                                 help_text="plays, pauses, seeks, stalls, dropped frames")
     qc = models.JSONField(default=dict, blank=True, help_text="probe result and flags")
-    supersedes = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT,
-                                      related_name="superseded_by")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

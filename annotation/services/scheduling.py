@@ -20,7 +20,7 @@ import json
 import logging
 import random
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -28,14 +28,18 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from annotation import rules
 from annotation.models import (
     Assignment,
     AssignmentStatus,
-    CampaignStatus,
     Enrollment,
     Item,
     Probe,
 )
+from annotation.rules import LeaseError, refusal
+
+__all__ = ["LeaseError", "NextResult", "Seat", "assignment_heartbeat", "assignments_expire",
+           "assignments_next", "enrollment_for", "seat_top_up"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,52 +48,37 @@ _PICK_TRIES = 4  # items tried when a locked candidate turns out to be full
 _rng = random.SystemRandom()
 
 
-class LeaseError(Exception):
-    """A request about a lease that cannot be granted; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-_REFUSALS = {
-    "no_such_assignment": (404, "no such assignment"),
-    "not_your_lease": (403, "this item is leased to someone else"),
-    "already_answered": (409, "this item has already been answered"),
-    "lease_expired": (410, "the lease on this item expired; load the next item"),
-    "key_reused": (409, "idempotency_key: already used for another item"),
-    "account_disabled": (403, "this account has been switched off"),
-    "not_enrolled": (404, "you are not enrolled in this campaign; open the invite link you "
-                          "were given"),
-}
-
-
-def refusal(code: str) -> LeaseError:
-    """The refusal named ``code`` (the database functions answer with these codes too)."""
-    status, message = _REFUSALS[code]
-    return LeaseError(status, code, message)
-
-
 def db_functions() -> bool:
-    """Whether the rating calls use the database functions of migration 0003 and those after it
-    (PostgreSQL, unless ``RATING_DB_FUNCTIONS`` is off) instead of the portable statements."""
+    """Whether the rating calls use the database functions in ``annotation/sql`` (PostgreSQL,
+    unless ``RATING_DB_FUNCTIONS`` is off) instead of the portable statements."""
     return connection.vendor == "postgresql" and settings.RATING_DB_FUNCTIONS
+
+
+def fetch_row(cursor) -> dict | None:
+    """The statement's first row by column name (a column added to a function's result moves
+    no other field)."""
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return dict(zip([c[0] for c in cursor.description], row))
 
 
 @dataclass
 class Seat:
     """A rater's place in one campaign: the enrolment's counters and the campaign's rules that
-    serving needs, read in one statement (the rating calls are the hottest path of the site)."""
+    serving needs, read in one statement (the rating calls are the hottest path of the site).
+    The field names are the column names of ``annotation_seat`` and ``SEAT_COLUMNS``."""
 
     enrollment_id: int
     rater_id: int
     n_judgments: int
     probes_failed: int
     blocked: bool
+    excluded: bool
     consented: bool
     finished: bool
-    pk: int  # the campaign's (the pick and the probe helpers read ``campaign.pk``)
-    status: str
+    campaign_id: int
+    campaign_status: str
     needs_consent: bool
     per_rater_limit: int
     overlap: int
@@ -99,28 +88,47 @@ class Seat:
     repeat_rate: float
     lease_seconds: int
     warn_after: int
+    block_after: int
     completion_code: str
     completion_url: str
     rater_active: bool  # the account may still sign in (admins can switch it off)
 
+    @property
+    def rates(self) -> rules.ProbeRates:
+        return rules.ProbeRates(self.gold_rate, self.catch_rate, self.repeat_rate)
 
-# Shared by the seat's two readers: by campaign slug (next) and through a lease (submit).
+    @property
+    def state(self) -> str:
+        """Why no items are served to the seat, or ``rating`` (raises if the account is off)."""
+        return rules.serving_state(
+            rater_active=self.rater_active, needs_consent=self.needs_consent,
+            consented=self.consented, blocked=self.blocked, excluded=self.excluded,
+            campaign_status=self.campaign_status)
+
+
+_BOOLEANS = {f.name for f in fields(Seat) if f.type == "bool"}
+
+
+def seat_from(row: dict) -> Seat:
+    """The seat in a row holding its columns by name (others ignored); SQLite's booleans are
+    integers."""
+    return Seat(**{f.name: bool(row[f.name]) if f.name in _BOOLEANS else row[f.name]
+                   for f in fields(Seat)})
+
+
+# The seat's columns for the portable statements (``annotation_seat`` reads the same).
 SEAT_COLUMNS = (
-    "e.id, e.rater_id, e.n_judgments, e.probes_failed, e.blocked, e.consented_at IS NOT NULL, "
-    "e.finished_at IS NOT NULL, c.id, c.status, c.consent_text <> '', c.per_rater_limit, "
-    "c.overlap, c.active_order, c.gold_rate, c.catch_rate, c.repeat_rate, c.lease_seconds, "
-    "c.warn_after, c.completion_code, c.completion_url, u.is_active"
+    "e.id AS enrollment_id, e.rater_id AS rater_id, e.n_judgments AS n_judgments, "
+    "e.probes_failed AS probes_failed, e.blocked AS blocked, e.excluded AS excluded, "
+    "e.consented_at IS NOT NULL AS consented, e.finished_at IS NOT NULL AS finished, "
+    "c.id AS campaign_id, c.status AS campaign_status, "
+    "c.consent_text <> '' AS needs_consent, c.per_rater_limit AS per_rater_limit, "
+    "c.overlap AS overlap, c.active_order AS active_order, c.gold_rate AS gold_rate, "
+    "c.catch_rate AS catch_rate, c.repeat_rate AS repeat_rate, "
+    "c.lease_seconds AS lease_seconds, c.warn_after AS warn_after, "
+    "c.block_after AS block_after, c.completion_code AS completion_code, "
+    "c.completion_url AS completion_url, u.is_active AS rater_active"
 )
-SEAT_WIDTH = 21
-
-
-def seat_from_row(row) -> Seat:
-    (eid, rid, n, failed, blocked, consented, finished, cid, status, needs_consent, limit,
-     overlap, active, gold, catch, repeat, lease, warn, code, url, rater_active) = row
-    return Seat(eid, rid, n, failed, bool(blocked), bool(consented), bool(finished), cid, status,
-                bool(needs_consent), limit, overlap, bool(active), gold, catch, repeat, lease,
-                warn, code, url, bool(rater_active))
-
 
 _SEAT_BY_SLUG = (  # built from constants only; every value is a parameter
     "SELECT " + SEAT_COLUMNS + " FROM annotation_enrollment e "  # noqa: S608
@@ -146,7 +154,8 @@ class NextResult:
     @property
     def warned(self) -> bool:
         """Failed enough probes to be told to watch more carefully (but not blocked)."""
-        return self.seat.probes_failed >= self.seat.warn_after and not self.seat.blocked
+        return rules.warned(probes_failed=self.seat.probes_failed,
+                            warn_after=self.seat.warn_after, blocked=self.seat.blocked)
 
 
 def enrollment_for(*, rater, campaign_slug: str) -> Enrollment:
@@ -186,33 +195,39 @@ _LIVE_LEASES = (
 )
 
 
-def leases_from_rows(seat: Seat, rows) -> list[Assignment]:
-    """Live leases from rows of (id, token, item, probe, repeat of, order, leased, expires)."""
-    return [Assignment(id=pk, token=uuid.UUID(str(token)), campaign_id=seat.pk, item_id=item,
-                       rater_id=seat.rater_id, probe=probe, repeat_of_id=repeat_of,
-                       order=db_json(order),
-                       status=AssignmentStatus.ACTIVE, leased_at=db_datetime(leased),
-                       heartbeat_at=db_datetime(leased), expires_at=db_datetime(expires))
-            for pk, token, item, probe, repeat_of, order, leased, expires in rows]
+def leases_from(seat: Seat, rows: list[dict]) -> list[Assignment]:
+    """Live leases from rows holding the columns of ``annotation_top_up``'s result by name."""
+    return [Assignment(id=x["id"], token=uuid.UUID(str(x["token"])), campaign_id=seat.campaign_id,
+                       item_id=x["item_id"], rater_id=seat.rater_id, probe=x["probe"],
+                       repeat_of_id=x["repeat_of_id"], order=db_json(x["order"]),
+                       status=AssignmentStatus.ACTIVE, leased_at=db_datetime(x["leased_at"]),
+                       heartbeat_at=db_datetime(x["leased_at"]),
+                       expires_at=db_datetime(x["expires_at"]))
+            for x in rows]
+
+
+def _fetch_all(cursor) -> list[dict]:
+    names = [c[0] for c in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
 def _live_leases(seat: Seat) -> list[Assignment]:
     with connection.cursor() as cursor:
-        cursor.execute(_LIVE_LEASES, [seat.rater_id, seat.pk, AssignmentStatus.ACTIVE,
+        cursor.execute(_LIVE_LEASES, [seat.rater_id, seat.campaign_id, AssignmentStatus.ACTIVE,
                                       db_now()])
-        return leases_from_rows(seat, cursor.fetchall())
+        return leases_from(seat, _fetch_all(cursor))
 
 
 def _top_up_in_db(seat: Seat, probes: list[str]) -> list[Assignment]:
-    """Leases up to ``PREFETCH`` and the live list, in one call (migration 0003); ``probes``:
-    the probe drawn for each lease it may grant."""
+    """Leases up to ``PREFETCH`` and the live list, in one call; ``probes``: the probe drawn for
+    each lease it may grant."""
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute("SELECT * FROM annotation_top_up(%s, %s, %s, %s, %s, %s, %s, %s, %s)", [
-            seat.pk, seat.rater_id, seat.overlap, seat.active_order, PREFETCH,
+            seat.campaign_id, seat.rater_id, seat.overlap, seat.active_order, PREFETCH,
             seat.per_rater_limit - seat.n_judgments, now,
             now + timedelta(seconds=seat.lease_seconds), probes])
-        return leases_from_rows(seat, cursor.fetchall())
+        return leases_from(seat, _fetch_all(cursor))
 
 
 def assignments_next(*, rater, campaign_slug: str, campaign_id: int | None = None
@@ -226,33 +241,21 @@ def assignments_next(*, rater, campaign_slug: str, campaign_id: int | None = Non
     with connection.cursor() as cursor:
         cursor.execute("SELECT * FROM annotation_seat(%s, %s)" if db_functions()
                        else _SEAT_BY_SLUG, [campaign_slug, rater.pk])
-        row = cursor.fetchone()
-    if row is None or (campaign_id is not None and row[7] != campaign_id):
+        row = fetch_row(cursor)
+    if row is None or (campaign_id is not None and row["campaign_id"] != campaign_id):
         raise refusal("not_enrolled")
-    return seat_top_up(seat_from_row(row))
+    return seat_top_up(seat_from(row))
 
 
-def _seat_state(seat: Seat) -> str:
-    """Why no items are served to the seat, or ``rating``."""
-    if not seat.rater_active:
-        raise refusal("account_disabled")
-    if seat.needs_consent and not seat.consented:
-        return "consent"
-    if seat.blocked:
-        return "blocked"
-    if seat.status != CampaignStatus.ACTIVE:
-        return "paused" if seat.status != CampaignStatus.CLOSED else "finished"
-    return "rating"
+def probe_numbers() -> list[float]:
+    """Uniform numbers, one for each lease a top-up may grant, that ``rules.probe_draws`` turns
+    into probe kinds."""
+    return [_rng.random() for _ in range(PREFETCH)]
 
 
-def probe_draws(seat: Seat) -> list[str]:
-    """For each lease a top-up may grant, the probe drawn for it ('' for a regular item). A
-    rater's first item is always a regular one (a probe first would tell them what probes
-    look like)."""
-    draws = [probe_kind(seat, u) for u in probe_numbers()]
-    if seat.n_judgments == 0:
-        draws[0] = ""
-    return draws
+def seat_probe_draws(seat: Seat) -> list[str]:
+    """The probe kind for each lease a top-up of this seat may grant."""
+    return rules.probe_draws(seat.rates, probe_numbers(), answered=seat.n_judgments)
 
 
 def seat_result(seat: Seat, live: list[Assignment]) -> NextResult:
@@ -268,10 +271,10 @@ def seat_result(seat: Seat, live: list[Assignment]) -> NextResult:
 
 def seat_top_up(seat: Seat) -> NextResult:
     """The seat's live leases topped up to ``PREFETCH`` (or why none are served)."""
-    state = _seat_state(seat)
+    state = seat.state
     if state != "rating":
         return NextResult(seat=seat, state=state)
-    draws = probe_draws(seat)
+    draws = seat_probe_draws(seat)
     if db_functions():
         return seat_result(seat, _top_up_in_db(seat, draws))
     live = _live_leases(seat)
@@ -287,22 +290,17 @@ def seat_top_up(seat: Seat) -> NextResult:
     return seat_result(seat, live)
 
 
-def probe_kind(seat: Seat, u: float) -> str:
-    """The probe kind a uniform number ``u`` in [0, 1) draws at the campaign's rates, or '' for
-    a regular item (``annotation_answer`` draws the same way from ``probe_numbers``)."""
-    if u < seat.gold_rate:
-        return Probe.GOLD
-    if u < seat.gold_rate + seat.catch_rate:
-        return Probe.CATCH
-    if u < seat.gold_rate + seat.catch_rate + seat.repeat_rate:
-        return Probe.REPEAT
-    return ""
-
-
-def probe_numbers() -> list[float]:
-    """Uniform numbers for the probe kinds of the leases a top-up may grant, for a caller that
-    does not know the campaign's rates yet (the database draws the kinds)."""
-    return [_rng.random() for _ in range(PREFETCH)]
+def seat_stop_serving(seat: Seat, *, block: bool) -> None:
+    """The rater is served nothing more in this campaign: their live leases end now (so that
+    their items go to others at once) and, with ``block``, the enrolment is marked blocked."""
+    with transaction.atomic():
+        if block:
+            Enrollment.objects.filter(pk=seat.enrollment_id).update(blocked=True)
+        Assignment.objects.filter(rater_id=seat.rater_id, campaign_id=seat.campaign_id,
+                                  status=AssignmentStatus.ACTIVE).update(
+            status=AssignmentStatus.EXPIRED)
+    if block:
+        seat.blocked = True
 
 
 def _lease_one(seat: Seat, *, probe: str) -> Assignment | None:  # portable path
@@ -359,7 +357,7 @@ def _pick(seat: Seat, *, lock: bool, skip: list[int] | None = None) -> tuple[int
     leave room under the overlap. With ``lock`` its row is locked, skipping rows that other
     leasers hold, so raters never queue behind each other."""
     sql = _PICK
-    params = [seat.pk, Probe.NONE, seat.overlap, seat.rater_id, AssignmentStatus.ACTIVE,
+    params = [seat.campaign_id, Probe.NONE, seat.overlap, seat.rater_id, AssignmentStatus.ACTIVE,
               AssignmentStatus.SUBMITTED, Probe.REPEAT, *_live_params(db_now()), seat.overlap]
     if skip:
         sql += " AND i.id NOT IN (" + ", ".join(["%s"] * len(skip)) + ")"
@@ -392,7 +390,7 @@ def _new_lease(seat: Seat, item_id: int, size: int, *, probe: str = Probe.NONE,
     now_db = db_now(now)
     with connection.cursor() as cursor:
         cursor.execute(_LEASE, [
-            db_uuid(token), seat.pk, item_id, seat.rater_id, probe, repeat_of_id,
+            db_uuid(token), seat.campaign_id, item_id, seat.rater_id, probe, repeat_of_id,
             connection.ops.adapt_json_value(order, None), AssignmentStatus.ACTIVE, now_db,
             now_db, db_now(expires),
             probe != Probe.NONE,  # probes are not part of the overlap
@@ -401,7 +399,7 @@ def _new_lease(seat: Seat, item_id: int, size: int, *, probe: str = Probe.NONE,
         row = cursor.fetchone()
     if row is None:
         return None
-    return Assignment(id=row[0], token=token, campaign_id=seat.pk, item_id=item_id,
+    return Assignment(id=row[0], token=token, campaign_id=seat.campaign_id, item_id=item_id,
                       rater_id=seat.rater_id, probe=probe, repeat_of_id=repeat_of_id,
                       order=order, status=AssignmentStatus.ACTIVE, leased_at=now,
                       heartbeat_at=now, expires_at=expires)
@@ -423,7 +421,7 @@ def _lease_regular(seat: Seat) -> Assignment | None:
 def _lease_probe(seat: Seat, probe: str) -> Assignment | None:
     if probe == Probe.REPEAT:
         # One of the rater's own answered regular items, not repeated yet, sides swapped.
-        mine = Assignment.objects.filter(rater_id=seat.rater_id, campaign_id=seat.pk)
+        mine = Assignment.objects.filter(rater_id=seat.rater_id, campaign_id=seat.campaign_id)
         repeated = mine.filter(probe=Probe.REPEAT).values("repeat_of_id")
         earlier = (mine.filter(probe=Probe.NONE, status=AssignmentStatus.SUBMITTED)
                    .exclude(pk__in=repeated).only("pk", "item_id", "order").order_by("?")
@@ -437,7 +435,7 @@ def _lease_probe(seat: Seat, probe: str) -> Assignment | None:
     # so PostgreSQL answers it from that index.
     seen = (Assignment.objects.filter(item=OuterRef("pk"), rater_id=seat.rater_id)
             .exclude(probe=Probe.REPEAT).exclude(status=AssignmentStatus.EXPIRED))
-    item = (Item.objects.filter(campaign_id=seat.pk, probe=probe).exclude(Exists(seen))
+    item = (Item.objects.filter(campaign_id=seat.campaign_id, probe=probe).exclude(Exists(seen))
             .only("pk", "size").order_by("?").first())
     if item is None:
         return None
@@ -445,9 +443,11 @@ def _lease_probe(seat: Seat, probe: str) -> Assignment | None:
 
 
 _LEASE_STATE = (
-    "SELECT a.rater_id, a.status, a.expires_at, a.campaign_id, c.lease_seconds "
+    "SELECT a.rater_id AS lease_rater_id, a.status AS lease_status, "
+    "a.expires_at AS expires_at, a.campaign_id AS campaign_id, "
+    "c.lease_seconds AS lease_seconds, u.is_active AS rater_active "
     "FROM annotation_assignment a JOIN annotation_campaign c ON c.id = a.campaign_id "
-    "WHERE a.token = %s"
+    "JOIN auth_user u ON u.id = a.rater_id WHERE a.token = %s"
 )
 _EXTEND = (
     "UPDATE annotation_assignment SET heartbeat_at = %s, expires_at = %s "
@@ -464,32 +464,32 @@ def assignment_heartbeat(*, rater, token: str, campaign_id: int | None = None) -
         with connection.cursor() as cursor:
             cursor.execute("SELECT * FROM annotation_heartbeat(%s, %s, %s, %s)",
                            [db_uuid(token), rater.pk, campaign_id, timezone.now()])
-            code, expires = cursor.fetchone()
-        if code != "ok":
-            raise refusal(code)
-        return expires
+            row = fetch_row(cursor)
+        _heartbeat_refusal(rater, row, campaign_id)
+        return row["expires"]
     with connection.cursor() as cursor:
         cursor.execute(_LEASE_STATE, [db_uuid(token)])
-        row = cursor.fetchone()
-        if row is None or (campaign_id is not None and row[3] != campaign_id):
-            raise refusal("no_such_assignment")
-        rater_id, status, expires_at, lease_campaign, lease_seconds = row
-        check_lease(rater, rater_id, status, db_datetime(expires_at))
+        row = fetch_row(cursor)
+        if row is not None:
+            row["lease_expired"] = db_datetime(row["expires_at"]) <= timezone.now()
+        _heartbeat_refusal(rater, row, campaign_id)
         now = timezone.now()
-        expires = now + timedelta(seconds=lease_seconds)
+        expires = now + timedelta(seconds=row["lease_seconds"])
         now_db = db_now(now)
-        cursor.execute(_EXTEND, [now_db, db_now(expires), rater.pk, lease_campaign,
+        cursor.execute(_EXTEND, [now_db, db_now(expires), rater.pk, row["campaign_id"],
                                  AssignmentStatus.ACTIVE, now_db])
     return expires
 
 
-def check_lease(rater, rater_id: int, status: str, expires_at: datetime) -> None:
-    if rater_id != rater.pk:
-        raise refusal("not_your_lease")
-    if status == AssignmentStatus.SUBMITTED:
-        raise refusal("already_answered")
-    if status == AssignmentStatus.EXPIRED or expires_at <= timezone.now():
-        raise refusal("lease_expired")
+def _heartbeat_refusal(rater, row: dict | None, campaign_id: int | None) -> None:
+    """Raises the refusal for a heartbeat on this lease state, if any."""
+    if row is None or (campaign_id is not None and row["campaign_id"] != campaign_id):
+        raise refusal("no_such_assignment")
+    code = rules.lease_refusal(rater_id=rater.pk, lease_rater_id=row["lease_rater_id"],
+                               rater_active=bool(row["rater_active"]),
+                               status=row["lease_status"], expired=bool(row["lease_expired"]))
+    if code is not None:
+        raise refusal(code)
 
 
 def assignments_expire(*, now: datetime | None = None) -> int:

@@ -4,7 +4,8 @@ import uuid
 import pytest
 
 from annotation.models import CRITERIA, Assignment, Campaign, Judgment
-from annotation.services.judgments import group_pairs, judgment_submit
+from annotation.rules import group_pairs
+from annotation.services.judgments import judgment_submit
 from annotation.services.scheduling import LeaseError, assignments_next
 from tests.annotation.conftest import enrol, make_campaign
 
@@ -103,9 +104,9 @@ def test_group_scores_are_stored_in_slot_order_and_give_pairs(corpus):
                         scores=shown, decision_ms=5).judgment
     for position, slot in enumerate(a.order):
         assert j.scores[slot]["empathy"] == shown[position]["empathy"]
-    best, worst, margin = group_pairs(j, campaign.weights)[0]
+    best, worst, margin = group_pairs(j.scores, campaign.weights)[0]
     assert (best, worst, margin) == (a.order[0], a.order[2], 4.0)
-    assert len(group_pairs(j, campaign.weights)) == 3
+    assert len(group_pairs(j.scores, campaign.weights)) == 3
     with pytest.raises(LeaseError, match="scores"):
         b = assignments_next(rater=user, campaign_slug=campaign.slug).assignments[0]
         judgment_submit(rater=user, token=str(b.token), idempotency_key=uuid.uuid4(),
@@ -125,11 +126,9 @@ def _scores(best: int, runner_up: int, size: int) -> list[dict[str, int]]:
 def test_a_hidden_repeat_of_a_group_item_checks_the_best_candidate(corpus, monkeypatch,
                                                                    consistent):
     # given: a group campaign that weighs empathy alone, and hidden repeats whenever possible
-    import annotation.services.judgments as judgments
     import annotation.services.scheduling as scheduling
 
-    for module in (scheduling, judgments):
-        monkeypatch.setattr(module, "probe_numbers", lambda: [0.1] * scheduling.PREFETCH)
+    monkeypatch.setattr(scheduling, "probe_numbers", lambda: [0.1] * scheduling.PREFETCH)
     campaign = make_campaign(corpus, protocol="group", group_size=3, repeat_rate=0.5,
                              criteria_weights={"empathy": 1.0, "appropriateness": 0,
                                                "engagement": 0, "naturalness": 0})

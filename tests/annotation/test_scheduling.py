@@ -99,11 +99,9 @@ def test_an_abandoned_lease_expires_and_its_item_is_served_again(corpus):
 
 def test_a_gold_item_is_shown_once_unless_its_lease_ran_out(corpus, monkeypatch):
     # given: two gold items, and every lease after a rater's first a gold one while one is left
-    import annotation.services.judgments as judgments
     import annotation.services.scheduling as scheduling
 
-    for module in (scheduling, judgments):
-        monkeypatch.setattr(module, "probe_numbers", lambda: [0.01] * PREFETCH)
+    monkeypatch.setattr(scheduling, "probe_numbers", lambda: [0.01] * PREFETCH)
     campaign = make_campaign(corpus, overlap=3, gold_rate=0.5)
     golds = set(Item.objects.filter(campaign=campaign, probe=Probe.GOLD)
                 .values_list("pk", flat=True))
