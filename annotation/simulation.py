@@ -9,6 +9,11 @@ heartbeats and idempotency keys like the rater page.
 Kinds: ``careful`` (follows the oracle, says tie when it cannot tell, both bad when both are
 poor), ``noisy`` (Bradley–Terry choice with a temperature), ``left-biased`` (presses left 70 % of
 the time), ``random``.
+
+A rater's random stream (``Rater.rng``, seeded by the command's ``--seed``) fixes its choices and
+timings; it never makes an idempotency key. Each answer gets a fresh ``uuid4`` key, so a second
+run with the same seed against the same campaign is not mistaken for a replay of the first
+(``key_reused``); a key is sent again only when the same answer is retried.
 """
 
 from __future__ import annotations
@@ -65,10 +70,10 @@ class Rater:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
 
     def answer(self, token: str, *, ask_strength: bool = True) -> dict:
-        """The JSON body a browser would send for this exposure."""
+        """The JSON body a browser would send for this exposure, under a new idempotency key
+        (to retry it, send this same body again)."""
         protocol, scores = shown_scores(token)
-        body: dict = {"idempotency_key": str(uuid.UUID(int=self.rng.getrandbits(128),
-                                                        version=4)),
+        body: dict = {"idempotency_key": str(uuid.uuid4()),  # not from rng: see the module
                       "decision_ms": self.rng.randint(800, 6000),
                       "viewing_ms": self.rng.randint(8000, 20000),
                       "playback": {"events": [], "plays": 1, "simulated": self.kind}}

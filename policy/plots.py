@@ -18,14 +18,18 @@ def line_plot_svg(
     width: int = 720,
     height: int = 180,
     x_end_label: str | None = None,
+    y_min: float | None = None,
 ) -> str:
     """Curves over time in seconds (``len / fps``); ``spans`` shade (start, end, colour, label)
-    intervals; ``x_end_label`` replaces the duration printed at the right end of the axis."""
+    intervals; ``x_end_label`` replaces the duration printed at the right end of the axis;
+    ``y_min`` fixes the bottom of the value axis (0 for counts) instead of the lowest value.
+    A series of one value is drawn as a stem and a dot (a polyline of one point draws nothing).
+    """
     pad_l, pad_r, pad_t, pad_b = 40, 10, 22, 22
     n = max((len(v) for v in series.values()), default=0)
     duration = max(n / fps, 1e-6)
     values = [v for v in series.values() if len(v)]
-    lo = float(min((v.min() for v in values), default=0.0))
+    lo = float(min((v.min() for v in values), default=0.0)) if y_min is None else y_min
     hi = float(max((v.max() for v in values), default=1.0))
     if hi - lo < 1e-6:
         hi = lo + 1.0
@@ -54,7 +58,18 @@ def line_plot_svg(
         step = max(1, len(v) // pw)  # at most one point per pixel column
         pts = " ".join(f"{x(t / fps):.1f},{y(float(v[t])):.1f}" for t in range(0, len(v), step))
         colour = _PALETTE[i % len(_PALETTE)]
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>')
+        if len(v) == 1:
+            # One value stands for its whole interval: a stem from the axis's bottom and a dot,
+            # in the middle of the interval rather than on the frame's left edge.
+            cx, cy, base = x(0.5 / fps), y(float(v[0])), y(lo)
+            parts.append(
+                f'<line x1="{cx:.1f}" y1="{base:.1f}" x2="{cx:.1f}" y2="{cy:.1f}" '
+                f'stroke="{colour}" stroke-width="2"/>'
+                f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{colour}">'
+                f'<title>{escape(name)}: {float(v[0]):g}</title></circle>')
+        else:
+            parts.append(
+                f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>')
         parts.append(
             f'<text x="{pad_l + 8 + 110 * i}" y="{height - 6}" font-size="11" fill="{colour}" '
             f'font-family="sans-serif">{escape(name)}</text>'
