@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from annotation.models import Campaign, CampaignStatus, Enrollment, Invite
 from annotation.roles import RATER, role_add
+from annotation.services.scheduling import leases_end
 
 logger = logging.getLogger(__name__)
 
@@ -126,3 +127,20 @@ def _rater_token_verified(token: str) -> tuple[int, int, int]:
     if not (rater.isdigit() and campaign.isdigit()):
         raise signing.BadSignature("malformed rater token")
     return int(rater), int(campaign), signing.b62_decode(token.rsplit(":", 2)[-2])
+
+
+@transaction.atomic
+def enrollment_set_excluded(*, enrollment: Enrollment, excluded: bool) -> Enrollment:
+    """Exclude a rater from a campaign, or take them back: the switch quality control turns.
+
+    An excluded rater is served nothing more (``annotation.rules.serving_state``) and their
+    live leases end now, so that their items go to other raters at once. Nothing they answered
+    is touched: which judgments count is the reader's decision, from its own records.
+    """
+    Enrollment.objects.filter(pk=enrollment.pk).update(excluded=excluded)
+    if excluded:
+        leases_end(rater_id=enrollment.rater_id, campaign_id=enrollment.campaign_id)
+        logger.info("rater %s excluded from campaign %s", enrollment.rater_id,
+                    enrollment.campaign_id)
+    enrollment.excluded = excluded
+    return enrollment

@@ -291,16 +291,21 @@ def seat_top_up(seat: Seat) -> NextResult:
 
 
 def seat_stop_serving(seat: Seat, *, block: bool) -> None:
-    """The rater is served nothing more in this campaign: their live leases end now (so that
-    their items go to others at once) and, with ``block``, the enrolment is marked blocked."""
+    """The rater is served nothing more in this campaign: their live leases end now and, with
+    ``block``, the enrolment is marked blocked."""
     with transaction.atomic():
         if block:
             Enrollment.objects.filter(pk=seat.enrollment_id).update(blocked=True)
-        Assignment.objects.filter(rater_id=seat.rater_id, campaign_id=seat.campaign_id,
-                                  status=AssignmentStatus.ACTIVE).update(
-            status=AssignmentStatus.EXPIRED)
+        leases_end(rater_id=seat.rater_id, campaign_id=seat.campaign_id)
     if block:
         seat.blocked = True
+
+
+def leases_end(*, rater_id: int, campaign_id: int) -> int:
+    """End a rater's live leases in a campaign now, so that their items go to others at once."""
+    return Assignment.objects.filter(rater_id=rater_id, campaign_id=campaign_id,
+                                     status=AssignmentStatus.ACTIVE).update(
+        status=AssignmentStatus.EXPIRED)
 
 
 def _lease_one(seat: Seat, *, probe: str) -> Assignment | None:  # portable path

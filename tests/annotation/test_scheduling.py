@@ -229,3 +229,60 @@ def test_items_held_by_other_raters_leases_do_not_end_the_campaign_early(corpus)
     result = assignments_next(rater=late, campaign_slug=campaign.slug)
     assert result.state == "rating"
     assert {a.item_id for a in result.assignments}.isdisjoint(held)
+
+
+def test_a_rater_excluded_by_quality_control_is_served_nothing_and_frees_their_items(corpus):
+    from annotation.services.enrollment import enrollment_set_excluded
+
+    # given: two raters, the first holding leases and with one answer stored
+    campaign = make_campaign(corpus, overlap=1)
+    excluded, other = enrol(campaign, 2)
+    first = assignments_next(rater=excluded, campaign_slug=campaign.slug).assignments
+    answer(excluded, first[0])
+    held = [a.item_id for a in assignments_next(rater=excluded,
+                                                 campaign_slug=campaign.slug).assignments]
+    # when quality control excludes them
+    enrollment_set_excluded(enrollment=excluded.enrollments.get(), excluded=True)
+    # then they are told they are finished, hold nothing, and keep what they answered
+    result = assignments_next(rater=excluded, campaign_slug=campaign.slug)
+    assert (result.state, result.assignments) == ("finished", [])
+    assert not Assignment.objects.filter(rater=excluded, status=AssignmentStatus.ACTIVE).exists()
+    assert Judgment.objects.filter(rater=excluded).count() == 1
+    # and the items they held go to the other rater
+    n, _ = rate_all(campaign, other)
+    assert n == Item.objects.filter(campaign=campaign, probe=Probe.NONE).count() - 1
+    assert set(held) <= set(Judgment.objects.filter(rater=other).values_list("item_id", flat=True))
+    # and taken back, they are served again
+    enrollment_set_excluded(enrollment=excluded.enrollments.get(), excluded=False)
+    assert assignments_next(rater=excluded, campaign_slug=campaign.slug).state != "blocked"
+
+
+def test_a_rater_blocked_by_an_answer_in_another_tab_loses_the_leases_it_was_given(
+        corpus, monkeypatch):
+    # given: a rater one failed probe from being blocked, served catch trials only, whose
+    # counters change after the answer's read (their other tab's answer counted in between)
+    import annotation.services.judgments as judgments
+    import annotation.services.scheduling as scheduling
+    from annotation.models import Enrollment
+
+    monkeypatch.setattr(scheduling, "probe_numbers", lambda: [0.01] * PREFETCH)
+    campaign = make_campaign(corpus, overlap=3, catch_rate=0.5, block_after=2)
+    (user,) = enrol(campaign)
+    answer(user, assignments_next(rater=user, campaign_slug=campaign.slug).assignments[0])
+    catch = next(a for a in assignments_next(rater=user, campaign_slug=campaign.slug).assignments
+                 if a.probe == Probe.CATCH)
+    read = judgments._context
+
+    def read_then_other_tab(token, campaign_id):
+        context = read(token, campaign_id)
+        Enrollment.objects.filter(rater=user).update(probes_failed=1)
+        return context
+
+    monkeypatch.setattr(judgments, "_context", read_then_other_tab)
+    # when the answer fails the catch trial
+    submitted = answer(user, catch, "left", top_up=True)
+    # then the rules still block the rater, who holds nothing
+    assert submitted.next.state == "blocked"
+    enrollment = user.enrollments.get()
+    assert enrollment.blocked and enrollment.probes_failed == 2
+    assert not Assignment.objects.filter(rater=user, status=AssignmentStatus.ACTIVE).exists()
