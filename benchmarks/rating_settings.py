@@ -1,6 +1,6 @@
 """Settings for the server that ``python -m benchmarks.rating`` measures: the project's own
 settings (config/settings.py, from the same environment) with a URLconf that adds do-nothing
-views (``/bench/floor/...``, for the cost of the framework itself; see the benchmarks.rating package).
+views (``/bench/floor/...``, for the cost of the framework itself; see benchmarks/rating/urls.py).
 
 The server runs ``benchmarks.rating_settings:application``: the project's WSGI application
 (config/wsgi.py, the rating fast path in front of Django) wrapped so that every response carries
@@ -16,7 +16,7 @@ from django.db import connections
 
 from config.settings import *  # noqa: F403
 
-# The project's URLs and do-nothing views for the framework's floor (see the benchmarks.rating package).
+# The project's URLs and do-nothing views for the framework's floor (benchmarks/rating/urls.py).
 ROOT_URLCONF = "benchmarks.rating"
 WSGI_APPLICATION = "benchmarks.rating_settings.application"  # runserver's, timed too
 
