@@ -6,7 +6,15 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from policy.models import Candidate, Dataset, DatasetImport, Episode, PolicyVersion, TrainingRun
+from policy.models import (
+    Candidate,
+    CandidateJob,
+    Dataset,
+    DatasetImport,
+    Episode,
+    PolicyVersion,
+    TrainingRun,
+)
 from policy.plots import line_plot_svg
 from policy.selectors import episode_plot_svgs
 from policy.services.imports import dataset_import_request
@@ -258,6 +266,51 @@ class TrainingRunAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(CandidateJob)
+class CandidateJobAdmin(admin.ModelAdmin):
+    """Read-only: jobs come from ``generate_candidates`` and the retraining round."""
+
+    list_display = (
+        "id",
+        "version",
+        "episodes",
+        "k",
+        "temperature",
+        "top_p",
+        "status",
+        "progress_bar",
+        "candidates_created",
+        "created_at",
+    )
+    list_filter = ("status", "version")
+    list_select_related = ("version",)
+    readonly_fields = [f.name for f in CandidateJob._meta.fields if f.name != "progress"] + [
+        "progress_bar"
+    ]
+    exclude = ("progress",)
+
+    @admin.display(description="episodes")
+    def episodes(self, obj: CandidateJob) -> str:
+        if obj.split:
+            return obj.split + (f" (first {obj.limit})" if obj.limit else "")
+        return f"{len(obj.episode_ids)} chosen"
+
+    @admin.display(description="progress")
+    def progress_bar(self, obj: CandidateJob) -> str:
+        return format_html(
+            '<progress max="100" value="{}"></progress> {}%', obj.progress, round(obj.progress)
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
 

@@ -214,3 +214,42 @@ class Candidate(models.Model):
 
     def __str__(self) -> str:
         return f"{self.episode} ← {self.source_key}"
+
+
+class CandidateJob(Job):
+    """Candidates for a set of episodes from one policy version, made by a ``gpu`` worker.
+
+    The episodes are a split of the version's dataset (``split``, at most ``limit`` of them in
+    key order) or the episodes of ``episode_ids``. Running it stores only the candidates that
+    are missing, so a job asked again, or resumed after its worker died, samples nothing twice.
+    """
+
+    SPLITS = [*Split.choices, ("all", "All splits")]
+
+    version = models.ForeignKey(
+        PolicyVersion, on_delete=models.PROTECT, related_name="candidate_jobs"
+    )
+    split = models.CharField(
+        max_length=8, blank=True, choices=SPLITS, help_text="empty: the episodes of episode_ids"
+    )
+    limit = models.PositiveIntegerField(null=True, blank=True, help_text="of the split, by key")
+    episode_ids = models.JSONField(default=list, blank=True, help_text="when no split is given")
+    k = models.PositiveSmallIntegerField(default=4, help_text="samples per episode")
+    temperature = models.FloatField(default=1.0)
+    top_p = models.FloatField(default=1.0)
+    seed = models.BigIntegerField(default=0)
+    ground_truth = models.BooleanField(default=True, help_text="also store the ground truth")
+    baselines = models.JSONField(default=list, blank=True, help_text='e.g. ["mirror"]')
+    episodes_total = models.PositiveIntegerField(default=0, help_text="episodes selected")
+    candidates_created = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(k__gte=1, temperature__gte=0, top_p__gt=0, top_p__lte=1),
+                name="candidate_job_sampling_settings",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"candidate job #{self.pk} ({self.status})"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.db.models import Count, QuerySet
 
-from policy.models import Candidate, Dataset, Episode, PolicyVersion
+from policy.models import CandidateJob, Dataset, Episode, PolicyVersion
 from policy.plots import line_plot_svg
 from rendering import blobs
 from rendering.layouts import get_layout
@@ -121,6 +121,12 @@ def policy_version_list() -> QuerySet[PolicyVersion]:
     )
 
 
-def candidate_list(*, version: PolicyVersion | None = None) -> QuerySet[Candidate]:
-    qs = Candidate.objects.select_related("episode", "policy_version").order_by("episode", "id")
-    return qs.filter(policy_version=version) if version is not None else qs
+def candidate_job_episodes(job: CandidateJob) -> QuerySet[Episode]:
+    """The episodes a candidate job covers, in key order (ids of episodes deleted since the job
+    was made select nothing)."""
+    qs = Episode.objects.filter(dataset_id=job.version.dataset_id).order_by("key")
+    if not job.split:
+        return qs.filter(pk__in=job.episode_ids)
+    if job.split != "all":
+        qs = qs.filter(split=job.split)
+    return qs[: job.limit] if job.limit else qs

@@ -48,31 +48,19 @@ def train_policy_task(run_id: int) -> None:
     training_run_execute(run_id=run_id)
 
 
-@shared_task(
-    queue=Queue.GPU, acks_late=True, soft_time_limit=3600, time_limit=3660, ignore_result=True
-)
-def generate_candidates_task(
-    version_id: int,
-    episode_ids: list[int],
-    k: int = 4,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    ground_truth: bool = True,
-) -> None:
-    from policy.models import Episode, PolicyVersion
-    from policy.services.candidates import candidates_generate
+# Sampling a whole split of a large corpus. A job cut short keeps what it stored: a new job with
+# the same settings samples only the rest.
+CANDIDATES_TIME_LIMIT_S = 3 * 3600
 
-    version = PolicyVersion.objects.filter(pk=version_id).select_related("dataset").first()
-    if version is None:
-        return
-    episodes = list(Episode.objects.filter(pk__in=episode_ids).order_by("key"))
-    candidates_generate(
-        version=version,
-        episodes=episodes,
-        k=k,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        ground_truth=ground_truth,
-    )
+
+@shared_task(
+    queue=Queue.GPU,
+    acks_late=True,
+    soft_time_limit=CANDIDATES_TIME_LIMIT_S,
+    time_limit=CANDIDATES_TIME_LIMIT_S + 300,
+    ignore_result=True,
+)
+def generate_candidates_task(job_id: int) -> None:
+    from policy.services.candidate_jobs import candidate_job_run
+
+    candidate_job_run(job_id=job_id)

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from .config import ModelConfig, TrainConfig
+from .device import pick_device
 from .errors import CheckpointError, ChecksumMismatchError, TokenizerMismatchError
 from .model import VLA
-from .policy import Policy, pick_device
+from .policy import Policy
 from .tokenizer import ActionTokenizer
 
 FORMAT = "backchannel-listener-policy"

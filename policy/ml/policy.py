@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,13 +14,8 @@ from rendering.layouts import FaceModelLayout, get_layout
 from .config import ModelConfig, SampleConfig
 from .data import EpisodeData, Prepared, check_episodes, prepare_episode
 from .model import VLA
+from .sample import sample_prepared
 from .tokenizer import ActionTokenizer
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Policy:
@@ -54,7 +50,12 @@ class Policy:
 
     def sample(self, episodes: Iterable[Any], config: SampleConfig | None = None,
                **overrides: Any) -> list[np.ndarray]:
-        """K candidates per episode: a list of ``(K, T, D)`` float32 arrays (see ``sample``)."""
-        from .sample import sample  # sample imports this module
+        """``config.k`` candidates for each episode: a list of ``(K, T_i, D)`` float32 arrays.
 
-        return sample(self, episodes, config, **overrides)
+        Episodes need speaker inputs only (a listener, if present, is ignored). Overrides replace
+        fields of ``config`` (``policy.sample(eps, k=8, seed=3)``); see ``sample`` for how the
+        draws are made.
+        """
+        cfg = dataclasses.replace(config or SampleConfig(), **overrides)
+        _, prepared = self.prepare(episodes)
+        return sample_prepared(self.model, self.tokenizer, prepared, cfg)

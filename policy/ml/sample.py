@@ -7,22 +7,25 @@ from each (frame, dimension) distribution -- softmax(logits / temperature), cut 
 nucleus -- by inverting its CDF *in bin order* at a uniform number. The uniforms come from a
 generator seeded by (seed, episode key), so an episode's candidates depend only on the policy, the
 seed and the sampling settings, not on which other episodes share the batch.
+
+This module samples from a model and its tokenizer on prepared inputs; ``Policy.sample`` (in
+``policy``) checks and prepares episodes and calls :func:`sample_prepared`. It does not import
+``policy``, so the import graph stays acyclic.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from .config import SampleConfig
 from .data import Prepared
-from .policy import Policy
-from .train import autocast
+from .device import autocast
+from .model import VLA
+from .tokenizer import ActionTokenizer
 
 CPU_SINGLE_THREAD_ROWS = 512  # CPU passes with fewer rows (episodes x K) run on one thread
 
@@ -86,9 +89,9 @@ def _pad(parts: Sequence[torch.Tensor | None], length: int) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def _sample_group(policy: Policy, group: Sequence[Prepared], cfg: SampleConfig) -> list[np.ndarray]:
-    model, tok, mcfg = policy.model, policy.tokenizer, policy.cfg
-    device, k, chunk = policy.device, cfg.k, mcfg.chunk
+def _sample_group(model: VLA, tok: ActionTokenizer, group: Sequence[Prepared],
+                  cfg: SampleConfig) -> list[np.ndarray]:
+    device, k, chunk = next(model.parameters()).device, cfg.k, model.cfg.chunk
     length = max(p.n_frames for p in group)
     width = tok.width
 
@@ -127,17 +130,13 @@ def _sample_group(policy: Policy, group: Sequence[Prepared], cfg: SampleConfig) 
     return [values[i, :, : p.n_frames].copy() for i, p in enumerate(group)]
 
 
-def sample(policy: Policy, episodes: Iterable[Any], config: SampleConfig | None = None,
-           **overrides: Any) -> list[np.ndarray]:
-    """``config.k`` candidates for each episode: a list of ``(K, T_i, D)`` float32 arrays.
-
-    Episodes need speaker inputs only (a listener, if present, is ignored). Overrides replace
-    fields of ``config`` (``sample(policy, eps, k=8, seed=3)``).
-    """
-    cfg = dataclasses.replace(config or SampleConfig(), **overrides)
-    was_training = policy.model.training
-    policy.model.eval()
-    _, prepared = policy.prepare(episodes)
+def sample_prepared(model: VLA, tokenizer: ActionTokenizer, prepared: Sequence[Prepared],
+                    cfg: SampleConfig) -> list[np.ndarray]:
+    """``cfg.k`` candidates for each prepared episode: a list of ``(K, T_i, D)`` float32 arrays,
+    in the order of ``prepared``. The model runs in eval mode and is left as it was found."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
     # Longest first, so each pass pads little; as many episodes per pass as max_rows allows.
     order = sorted(range(len(prepared)), key=lambda i: -prepared[i].n_frames)
     per_pass = max(1, cfg.max_rows // cfg.k)
@@ -146,14 +145,15 @@ def sample(policy: Policy, episodes: Iterable[Any], config: SampleConfig | None 
     try:
         for s in range(0, len(order), per_pass):
             idx = order[s : s + per_pass]
-            if policy.device.type == "cpu" and len(idx) * cfg.k < CPU_SINGLE_THREAD_ROWS:
+            if device.type == "cpu" and len(idx) * cfg.k < CPU_SINGLE_THREAD_ROWS:
                 # A step of a small pass is hundreds of tiny kernels: worker threads spend more
                 # time meeting than working (20x slower with 2 threads on a busy 2-core box).
                 torch.set_num_threads(1)
-            for i, values in zip(idx, _sample_group(policy, [prepared[i] for i in idx], cfg)):
+            group = [prepared[i] for i in idx]
+            for i, values in zip(idx, _sample_group(model, tokenizer, group, cfg)):
                 out[i] = values
             torch.set_num_threads(threads)
     finally:
         torch.set_num_threads(threads)
-        policy.model.train(was_training)
+        model.train(was_training)
     return out  # type: ignore[return-value]

@@ -20,7 +20,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,9 @@ from .data import (
     raw_features,
     window_index,
 )
+from .device import autocast, pick_device
 from .model import VLA
-from .policy import Policy, pick_device
+from .policy import Policy
 from .tokenizer import ActionTokenizer
 
 logger = logging.getLogger(__name__)
@@ -144,12 +144,6 @@ def sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
     loss = cfg.expression_weight * ce_expr + cfg.pose_weight * ce_pose + cfg.smooth_weight * smooth
     return loss, {"ce_expression": ce_expr.detach(), "ce_pose": ce_pose.detach(),
                   "smooth": smooth.detach()}
-
-
-def autocast(device: torch.device, enabled: bool) -> Any:
-    if device.type == "cuda" and enabled:
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 class Trainer:

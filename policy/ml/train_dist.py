@@ -183,7 +183,7 @@ def train_with_torchrun(train_episodes: Sequence[Any], model_config: ModelConfig
     all ranks (``torchrun.log``, quoted in the error when the run fails).
     """
     from .checkpoint import load_policy
-    from .policy import pick_device
+    from .device import pick_device
 
     work = Path(workdir)
     data = export_episodes(train_episodes, work / "data", "train")

@@ -278,7 +278,7 @@ def policy_version_evaluate(*, version: PolicyVersion, limit: int | None = None)
 def load_version_policy(version: PolicyVersion, device: str = "auto") -> Any:
     """The version's policy, its checkpoint checked against the recorded sha256."""
     from policy.ml.checkpoint import load_policy
-    from policy.ml.policy import pick_device
+    from policy.ml.device import pick_device
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "policy.pt"

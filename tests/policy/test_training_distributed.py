@@ -12,7 +12,7 @@ from policy.services.training import (
     training_run_execute,
     training_run_request,
 )
-from tests.policy.test_training_registry import TINY  # the same tiny model
+from tests.policy.conftest import TINY  # the same tiny model
 
 pytestmark = pytest.mark.django_db
 

@@ -1,12 +1,15 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from policy.models import PolicyVersion
-from policy.services.candidates import candidates_generate
+from policy.models import JobStatus, PolicyVersion
+from policy.services.candidate_jobs import SPLITS, candidate_job_create, candidate_job_run
 
 
 class Command(BaseCommand):
-    help = "Sample K candidates per episode from a policy version (only what is missing)."
+    help = (
+        "Sample K candidates per episode from a policy version (only what is missing). Runs here "
+        "with a progress bar, or with --queue on a gpu worker (follow the job in the admin)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         # "--version" names the policy version here; it replaces Django's version flag.
@@ -25,6 +28,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--no-ground-truth", action="store_true")
         parser.add_argument("--baselines", default="", help="e.g. nearest_neighbour,mirror")
+        parser.add_argument("--queue", action="store_true", help="enqueue on the gpu queue")
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args: object, **opts: object) -> None:
@@ -33,39 +37,45 @@ class Command(BaseCommand):
         )
         if version is None:
             raise CommandError(f"no policy version named {opts['version']!r}")
-        episodes = version.dataset.episodes.order_by("key")
         which = str(opts["episodes"])
-        if which in ("train", "val", "test"):
-            episodes = episodes.filter(split=which)
-        elif which != "all":
+        selection: dict = {}
+        if which in SPLITS:
+            selection = {"split": which, "limit": opts["limit"] or None}
+        else:
             keys = [k.strip() for k in which.split(",") if k.strip()]
-            episodes = episodes.filter(key__in=keys)
-            missing = set(keys) - set(episodes.values_list("key", flat=True))
+            episodes = list(version.dataset.episodes.filter(key__in=keys).order_by("key"))
+            missing = set(keys) - {e.key for e in episodes}
             if missing:
                 raise CommandError(f"no such episodes in {version.dataset.name}: {sorted(missing)}")
-        if opts["limit"]:
-            episodes = episodes[: opts["limit"]]
-        episodes = list(episodes)
-        if not episodes:
-            raise CommandError("no episodes selected")
-        baselines = [b for b in str(opts["baselines"]).split(",") if b]
-        with tqdm(
-            total=len(episodes), unit="ep", desc="sample", disable=bool(opts["no_progress"])
-        ) as bar:
-            try:
-                created = candidates_generate(
-                    version=version,
-                    episodes=episodes,
-                    k=opts["k"],
-                    temperature=opts["temperature"],
-                    top_p=opts["top_p"],
-                    seed=opts["seed"],
-                    ground_truth=not opts["no_ground_truth"],
-                    baselines=baselines,
-                    progress=lambda done, total: bar.update(done - bar.n),
-                )
-            except ValueError as exc:
-                raise CommandError(str(exc)) from exc
+            selection = {"episodes": episodes[: opts["limit"]] if opts["limit"] else episodes}
+        try:
+            job = candidate_job_create(
+                version=version,
+                **selection,
+                k=opts["k"],
+                temperature=opts["temperature"],
+                top_p=opts["top_p"],
+                seed=opts["seed"],
+                ground_truth=not opts["no_ground_truth"],
+                baselines=[b for b in str(opts["baselines"]).split(",") if b],
+                enqueue=bool(opts["queue"]),
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        if opts["queue"]:
+            self.stdout.write(f"candidate job #{job.pk} queued on the gpu queue")
+            return
+        with tqdm(total=0, unit="ep", desc="sample", disable=bool(opts["no_progress"])) as bar:
+
+            def hook(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            candidate_job_run(job_id=job.pk, progress=hook)
+        job.refresh_from_db()
+        if job.status != JobStatus.SUCCEEDED:
+            raise CommandError(f"candidate job #{job.pk} failed: {job.error}")
         self.stdout.write(
-            f"{created} candidates created for {len(episodes)} episodes of {version.dataset.name}"
+            f"{job.candidates_created} candidates created for {job.episodes_total} episodes "
+            f"of {version.dataset.name}"
         )
