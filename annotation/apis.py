@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core import signing
-from django.db import transaction
-from django.db.models import ProtectedError
 from django.urls import reverse
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
@@ -40,10 +38,14 @@ from annotation.selectors import (
     campaign_list_for,
     campaign_progress,
 )
+from annotation.services.campaign_settings import FIXED
 from annotation.services.campaigns import (
     CampaignError,
+    CampaignInUse,
     campaign_create,
+    campaign_delete,
     campaign_set_status,
+    campaign_update,
     invite_create,
 )
 from annotation.services.enrollment import consent_give, rater_token_read
@@ -277,12 +279,6 @@ class CampaignOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-_EDITABLE = ("name", "instructions", "consent_text", "per_rater_limit", "lease_seconds",
-             "active_order", "gold_rate", "catch_rate", "repeat_rate", "completion_code",
-             "completion_url", "crowd_param", "reason_tags", "ask_strength", "warn_after",
-             "block_after")
-
-
 class CampaignInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     slug = serializers.SlugField(max_length=100)
@@ -314,16 +310,31 @@ class CampaignInput(serializers.Serializer):
     completion_url = serializers.URLField(required=False, allow_blank=True)
 
 
+_MADE_ONCE = ("slug", "dataset", "split")  # what the campaign and its items were made from
+
+
 class CampaignPatch(CampaignInput):
+    """The settings of a made campaign; ``campaign_update`` decides which may change now (the
+    items' design only while there are none, what answers record only in draft, nothing but
+    the name once closed)."""
+
     def get_fields(self):
         fields = super().get_fields()
-        return {k: v for k, v in fields.items() if k in _EDITABLE}
+        return {k: v for k, v in fields.items() if k not in _MADE_ONCE}
 
 
 def _invalid(serializer) -> Response:
     field, problems = next(iter(serializer.errors.items()))
     problem = problems[0] if isinstance(problems, list) else problems
-    return _error(400, "invalid", f"{field}: {problem}")
+    return Response({"error": "invalid", "detail": f"{field}: {problem}", "field": field},
+                    status=400)
+
+
+def _refused(exc: CampaignError) -> Response:
+    """A service's refusal: 400 for a value or a change not allowed, 409 where what the
+    campaign holds stands in the way (judgments, raters' leases); the field and the reason."""
+    return Response({"error": exc.code, "detail": str(exc), "field": exc.field},
+                    status=409 if isinstance(exc, CampaignInUse) else 400)
 
 
 class CampaignListApi(APIView):
@@ -342,11 +353,12 @@ class CampaignListApi(APIView):
         fields = dict(data.validated_data)
         dataset = Dataset.objects.filter(name=fields.pop("dataset")).first()
         if dataset is None:
-            return _error(400, "invalid", "dataset: no such dataset")
+            return Response({"error": "invalid", "detail": "dataset: no such dataset",
+                             "field": "dataset"}, status=400)
         try:
             build = campaign_create(dataset=dataset, created_by=request.user, **fields)
         except CampaignError as exc:
-            return _error(400, "invalid", str(exc))
+            return _refused(exc)
         body = CampaignOutput(build.campaign).data
         body["built"] = {"items": build.items, "gold": build.gold, "catch": build.catch,
                          "clips": build.clips, "skipped": build.skipped[:50]}
@@ -367,31 +379,34 @@ class CampaignDetailApi(APIView):
         return Response(CampaignOutput(self._get(request, slug)).data)
 
     @extend_schema(request=CampaignPatch, responses={200: CampaignOutput, 400: _ERRORS[400]},
-                   summary="Change a campaign's settings")
+                   summary="Change a campaign's settings (nothing changes if one is refused)")
     def patch(self, request, slug: str) -> Response:
         campaign = self._get(request, slug)
         data = CampaignPatch(data=request.data, partial=True)
         if not data.is_valid():
             return _invalid(data)
-        unknown = set(request.data) - set(_EDITABLE)
-        if unknown:
-            return _error(400, "invalid", f"{sorted(unknown)[0]}: cannot be changed after "
-                                          "the campaign is made")
-        for k, v in data.validated_data.items():
-            setattr(campaign, k, v)
-        campaign.save(update_fields=list(data.validated_data) or None)
+        for key in request.data:
+            if key not in data.fields:
+                reason = FIXED.get(key) or (
+                    "cannot be changed after the campaign is made" if key in _MADE_ONCE
+                    else "is not a setting this API changes")
+                return Response({"error": "invalid", "detail": f"{key}: {reason}",
+                                 "field": key}, status=400)
+        try:
+            campaign = campaign_update(campaign=campaign, **data.validated_data)
+        except CampaignError as exc:
+            return _refused(exc)
         return Response(CampaignOutput(campaign).data)
 
-    @extend_schema(responses={204: None, 409: OpenApiResponse(description="has judgments")},
-                   summary="Delete a campaign that has no judgments")
+    @extend_schema(responses={204: None, 409: OpenApiResponse(
+        description="refused: it has judgments (close it instead), is serving raters or has "
+                    "items on raters' screens; the detail says which")},
+        summary="Delete a campaign that has no judgments")
     def delete(self, request, slug: str) -> Response:
-        campaign = self._get(request, slug)
         try:
-            with transaction.atomic():
-                campaign.delete()
-        except ProtectedError:
-            return _error(409, "has_judgments", "a campaign with judgments is closed, not "
-                                                "deleted")
+            campaign_delete(campaign=self._get(request, slug))
+        except CampaignError as exc:
+            return _refused(exc)
         return Response(status=204)
 
 
@@ -424,10 +439,11 @@ class CampaignStatusApi(APIView):
         if campaign is None:
             raise NotFound("no such campaign")
         try:
+            body = request.data if isinstance(request.data, dict) else {}
             campaign = campaign_set_status(campaign=campaign,
-                                           status=str(request.data.get("status", "")))
+                                           status=str(body.get("status", "")))
         except CampaignError as exc:
-            return _error(400, "invalid", str(exc))
+            return _refused(exc)
         return Response(CampaignOutput(campaign).data)
 
 
@@ -453,7 +469,7 @@ class InviteApi(APIView):
             invite = invite_create(campaign=campaign, created_by=request.user,
                                    **data.validated_data)
         except CampaignError as exc:
-            return _error(400, "invalid", str(exc))
+            return _refused(exc)
         url = request.build_absolute_uri(reverse("annotation:invite", args=[invite.token]))
         return Response({"url": url, "label": invite.label}, status=201)
 

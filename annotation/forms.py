@@ -1,6 +1,7 @@
 from django import forms
 
-from annotation.models import Protocol
+from annotation.models import CRITERIA, Campaign, Protocol
+from annotation.services.campaign_settings import field_fixed_reason
 from policy.models import Candidate, CandidateSource, Dataset, PolicyVersion
 
 
@@ -57,3 +58,73 @@ class CampaignForm(forms.Form):
                 sources.append({"kind": "ground_truth"})
         data["sources"] = sources
         return data
+
+
+class CampaignSettingsForm(forms.Form):
+    """A made campaign's settings on its page. Shapes only: ``campaign_update`` decides what may
+    change and to what. A setting that cannot change now is shown disabled, with the reason."""
+
+    name = forms.CharField(max_length=200)
+    instructions = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False)
+    consent_text = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    per_rater_limit = forms.IntegerField(help_text="items one rater answers at most")
+    # As the API: the rate page renews a lease every lease/4 s (at least every 5 s).
+    lease_seconds = forms.IntegerField(min_value=15, max_value=3600)
+    active_order = forms.BooleanField(required=False,
+                                      help_text="serve first the items least certain")
+    gold_rate = forms.FloatField()
+    catch_rate = forms.FloatField()
+    repeat_rate = forms.FloatField()
+    warn_after = forms.IntegerField(help_text="failed probes before a rater is warned")
+    block_after = forms.IntegerField(help_text="failed probes before a rater is blocked")
+    ask_strength = forms.BooleanField(required=False, help_text="pairwise: 3 levels of strength")
+    reason_tags = forms.CharField(required=False, help_text="comma-separated")
+    crowd_param = forms.CharField(required=False, max_length=40,
+                                  help_text="e.g. PROLIFIC_PID for crowd entry")
+    completion_code = forms.CharField(required=False, max_length=40)
+    completion_url = forms.URLField(required=False, assume_scheme="https")
+
+    def __init__(self, *args, campaign: Campaign, **kwargs) -> None:
+        initial = {name: getattr(campaign, name) for name in self.base_fields}
+        initial["reason_tags"] = ", ".join(campaign.reason_tags or [])
+        super().__init__(*args, initial=initial, **kwargs)
+        if campaign.protocol == Protocol.GROUP:
+            del self.fields["ask_strength"]
+            weights = campaign.weights
+            for c in CRITERIA:
+                self.fields[f"weight_{c}"] = forms.FloatField(
+                    label=f"weight of {c}", initial=weights[c],
+                    help_text="group scoring: how much this criterion counts")
+        has_items = campaign.items.exists()
+        for name, field in self.fields.items():
+            reason = field_fixed_reason(self.setting(name), status=campaign.status,
+                                        has_items=has_items)
+            if reason:
+                field.disabled = True
+                field.help_text = reason
+
+    @staticmethod
+    def setting(name: str) -> str:
+        """The campaign setting a form field edits."""
+        return "criteria_weights" if name.startswith("weight_") else name
+
+    def field_for(self, setting: str) -> str | None:
+        """The form field to show a refusal of ``setting`` by (None: above the form)."""
+        if setting == "criteria_weights":
+            return next((f for f in self.fields if f.startswith("weight_")), None)
+        return setting if setting in self.fields else None
+
+    def changes(self) -> dict[str, object]:
+        """The settings this form changes, as ``campaign_update`` takes them."""
+        out: dict[str, object] = {}
+        for name in self.changed_data:
+            if self.fields[name].disabled:
+                continue
+            if name.startswith("weight_"):
+                out["criteria_weights"] = {
+                    c: self.cleaned_data[f"weight_{c}"] for c in CRITERIA}
+            elif name == "reason_tags":
+                out[name] = [t.strip() for t in self.cleaned_data[name].split(",") if t.strip()]
+            else:
+                out[name] = self.cleaned_data[name]
+        return out

@@ -18,7 +18,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from annotation.forms import CampaignForm
+from annotation.forms import CampaignForm, CampaignSettingsForm
 from annotation.models import CRITERIA, Invite, Judgment, Protocol
 from annotation.roles import is_researcher
 from annotation.selectors import (
@@ -35,7 +35,9 @@ from annotation.selectors import (
 from annotation.services.campaigns import (
     CampaignError,
     campaign_create,
+    campaign_delete,
     campaign_set_status,
+    campaign_update,
     invite_create,
 )
 from annotation.services.enrollment import (
@@ -182,20 +184,41 @@ def campaign_detail(request: HttpRequest, slug: str) -> HttpResponse:
     campaign = campaign_get_for(request.user, slug)
     if campaign is None:
         raise Http404("no such campaign")
+    action = request.POST.get("action", "")
+    if request.method == "POST" and action == "settings":
+        form = CampaignSettingsForm(request.POST, campaign=campaign)
+        if form.is_valid():
+            try:
+                campaign_update(campaign=campaign, **form.changes())
+            except CampaignError as exc:
+                form.add_error(form.field_for(exc.field), str(exc))
+            else:
+                messages.success(request, "Settings saved.")
+                return redirect("annotation:campaign", slug=slug)
+        return _campaign_page(request, campaign, form, status=400)
     if request.method == "POST":
         try:
-            if request.POST.get("action") == "invite":
+            if action == "invite":
                 max_uses = request.POST.get("max_uses") or None
                 invite_create(campaign=campaign, created_by=request.user,
                               label=request.POST.get("label", "")[:100],
                               max_uses=int(max_uses) if max_uses else None)
                 messages.success(request, "Invite link made.")
-            elif request.POST.get("action") == "status":
+            elif action == "status":
                 campaign_set_status(campaign=campaign, status=request.POST.get("status", ""))
                 messages.success(request, f"Campaign {request.POST.get('status')}.")
+            elif action == "delete":
+                campaign_delete(campaign=campaign)
+                messages.success(request, f"Campaign {slug} deleted.")
+                return redirect("annotation:campaigns")
         except (CampaignError, ValueError) as exc:
             messages.error(request, str(exc))
         return redirect("annotation:campaign", slug=slug)
+    return _campaign_page(request, campaign, CampaignSettingsForm(campaign=campaign))
+
+
+def _campaign_page(request: HttpRequest, campaign, settings_form: CampaignSettingsForm,
+                   status: int = 200) -> HttpResponse:
     progress = campaign_progress(campaign)
     invites = [(i, request.build_absolute_uri(reverse("annotation:invite", args=[i.token])))
                for i in campaign.invites.order_by("-created_at")]
@@ -205,19 +228,21 @@ def campaign_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "ratings": sorted(progress["ratings"].items(), key=lambda kv: -kv[1]),
         "ratings_plot": bar_plot_svg(progress["ratings"], title="Bradley–Terry log-strength "
                                      "by source (0 = average)") if progress["ratings"] else "",
-        "sources_json": json.dumps(campaign.sources),
-    })
+        "sources_json": json.dumps(campaign.sources), "settings_form": settings_form,
+    }, status=status)
 
 
 def _judgments_plot(campaign) -> str:
     rows = list(Judgment.objects.filter(campaign=campaign)
                 .annotate(m=TruncMinute("created_at")).values("m").annotate(n=Count("id"))
                 .order_by("m").values_list("m", "n"))
-    if sum(n for _, n in rows) < 2:
+    if not rows:
         return ""
     t0 = rows[0][0]
     minutes = np.array([int((m - t0).total_seconds() // 60) for m, _ in rows])
     span = int(minutes[-1]) + 1
     counts = np.bincount(minutes, weights=[n for _, n in rows], minlength=span).cumsum()
+    # A count: the axis starts at zero. All judgments in one minute (a quick demo) make one
+    # bucket, which line_plot_svg draws as a stem and a dot.
     return line_plot_svg({"judgments": counts}, fps=1.0, title="judgments over time (minutes)",
-                         x_end_label=f"{span} min")
+                         x_end_label=f"{span} min", y_min=0.0)

@@ -1,151 +1,82 @@
-"""Making campaigns: candidate pools per episode, items, probes, clips, invites, status."""
+"""Every write to a campaign: making it, changing its settings, its status, deleting it;
+invites.
+
+The API, the researcher pages, the admin and the commands all write through these functions,
+so each refuses the same things with the same words (``CampaignError``: the field and why).
+What each setting may be and when it may change is in ``campaign_settings``; what items a new
+campaign gets, in ``campaign_items``.
+"""
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
-import random
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import datetime
 
-import numpy as np
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_slug
 from django.db import transaction
+from django.db.models import ProtectedError
 from django.utils import timezone
 
 from annotation.models import (
-    CRITERIA,
+    Assignment,
+    AssignmentStatus,
     Campaign,
     CampaignStatus,
     Invite,
     Item,
     ItemMember,
-    Probe,
+    Judgment,
     Protocol,
 )
-from policy.models import Candidate, CandidateSource, Dataset, Episode, PolicyVersion
-from policy.services.candidates import candidate_store_array
-from rendering import blobs
-from rendering.models import Clip, ClipKind, ClipStatus
-from rendering.services import ClipRequestError, SpeakerInputs, clip_request
+from annotation.services.campaign_items import (
+    CampaignBuild,
+    campaign_items_build,
+    source_filter,
+)
+from annotation.services.campaign_settings import (
+    BUILD_FIELDS,
+    FIXED,
+    SETTINGS,
+    CampaignError,
+    CampaignInUse,
+    field_fixed_reason,
+    refuse,
+    settings_check,
+)
+from policy.models import Dataset, Episode
+from rendering.models import Clip, ClipStatus
+
+__all__ = [
+    "CampaignBuild", "CampaignError", "CampaignInUse", "campaign_clip_ids",
+    "campaign_clip_progress", "campaign_create", "campaign_delete", "campaign_delete_check",
+    "campaign_set_status", "campaign_update", "campaign_update_check", "invite_create",
+]
 
 logger = logging.getLogger(__name__)
 
-SOURCE_KINDS = ("policy", "ground_truth", "baseline")
-MAX_GROUP = 8  # candidates on one screen
+# Settings ``campaign_create`` takes as keyword options (the rest are its named parameters;
+# researchers are added after, by ``campaign_update``).
+_CREATE_OPTIONS = frozenset(SETTINGS) - {
+    "name", "sources", "protocol", "group_size", "overlap", "target_items", "per_rater_limit",
+    "gold_rate", "catch_rate", "repeat_rate", "researchers"}
 
 
-class CampaignError(ValueError):
-    """A campaign cannot be made or changed as asked; the message names the field."""
+def _defaults() -> dict[str, object]:
+    """The model's default for every setting that has a column."""
+    return {f: Campaign._meta.get_field(f).get_default() for f in SETTINGS
+            if f != "researchers"}
 
 
-@dataclass
-class CampaignBuild:
-    campaign: Campaign
-    items: int = 0
-    gold: int = 0
-    catch: int = 0
-    clips: int = 0
-    skipped: list[str] = field(default_factory=list)  # "episode key: reason"
-
-
-def _source_filter(source: dict, dataset: Dataset) -> tuple[dict, int]:
-    """The Candidate filter for one source descriptor, and how many samples to take."""
-    if not isinstance(source, dict) or source.get("kind") not in SOURCE_KINDS:
-        raise CampaignError(f"sources: each source needs kind one of {', '.join(SOURCE_KINDS)}, "
-                            f"got {source!r}")
-    samples = source.get("samples", 1)
-    if not isinstance(samples, int) or not 1 <= samples <= MAX_GROUP:
-        raise CampaignError(f"sources: samples must be 1..{MAX_GROUP}, got {samples!r}")
-    kind = source["kind"]
-    if kind == "policy":
-        name = source.get("version")
-        version = PolicyVersion.objects.filter(name=name).first()
-        if version is None:
-            raise CampaignError(f"sources: no policy version named {name!r}")
-        if version.dataset_id != dataset.pk:
-            raise CampaignError(f"sources: {name} was trained on {version.dataset.name}, "
-                                f"not {dataset.name}")
-        return {"source": CandidateSource.POLICY, "policy_version": version}, samples
-    if kind == "ground_truth":
-        return {"source": CandidateSource.GROUND_TRUTH}, 1
-    name = source.get("name")
-    if not isinstance(name, str) or not name:
-        raise CampaignError("sources: a baseline source needs a name")
-    return {"source": CandidateSource.BASELINE, "baseline": name}, samples
-
-
-def _validate(*, protocol: str, overlap: int, group_size: int, rates: dict[str, float],
-              weights: dict, sources: list) -> None:
-    if protocol not in Protocol.values:
-        raise CampaignError(f"protocol: expected one of {', '.join(Protocol.values)}")
-    if not 1 <= overlap <= 50:
-        raise CampaignError(f"overlap: must be 1..50, got {overlap}")
-    if protocol == Protocol.GROUP and not 2 <= group_size <= MAX_GROUP:
-        raise CampaignError(f"group_size: must be 2..{MAX_GROUP}, got {group_size}")
-    for name, rate in rates.items():
-        if not (isinstance(rate, int | float) and math.isfinite(rate) and 0 <= rate <= 0.5):
-            raise CampaignError(f"{name}: must be a fraction between 0 and 0.5, got {rate!r}")
-    for k, w in (weights or {}).items():
-        if k not in CRITERIA or not (
-            isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w)
-            and w >= 0
-        ):
-            raise CampaignError(f"criteria_weights: {k!r}={w!r} is not a known criterion with "
-                                "a weight >= 0")
-    if not isinstance(sources, list) or not sources:
-        raise CampaignError("sources: at least one candidate source is required")
-
-
-def _pools(dataset: Dataset, episodes: list[Episode], sources: list[dict]
-           ) -> dict[int, list[Candidate]]:
-    """episode id -> its candidates, one list entry per (source, sample), in source order."""
-    filters = [_source_filter(s, dataset) for s in sources]
-    pools: dict[int, list[Candidate]] = {ep.pk: [] for ep in episodes}
-    complete: dict[int, bool] = dict.fromkeys(pools, True)
-    for flt, samples in filters:
-        rows = (Candidate.objects.filter(episode__in=episodes, **flt).select_related("episode")
-                .order_by("episode_id", "source_key"))
-        by_episode: dict[int, list[Candidate]] = {}
-        for c in rows:
-            by_episode.setdefault(c.episode_id, []).append(c)
-        for ep_id in pools:
-            got = by_episode.get(ep_id, [])[:samples]
-            if len(got) < samples:
-                complete[ep_id] = False
-            pools[ep_id].extend(got)
-    return {k: v for k, v in pools.items() if complete[k] and v}
-
-
-def _speaker_clip(ep: Episode, face_model: str, settings: dict) -> Clip:
-    speaker = SpeakerInputs(
-        audio_sha=ep.audio_sha, sample_rate=ep.audio_sample_rate, transcript=ep.transcript,
-        video_sha=ep.video_sha, video_ext=ep.video_ext,
-    )
-    if ep.video_sha:
-        return clip_request(face_model=face_model, fps=ep.fps, kind=ClipKind.SPEAKER,
-                            speaker=speaker, settings=settings or None)
-    if not ep.speaker_sha:
-        raise ClipRequestError("the episode has neither a speaker video nor speaker coefficients")
-    return clip_request(face_model=face_model, fps=ep.fps, sequence_sha=ep.speaker_sha,
-                        kind=ClipKind.SPEAKER, speaker=speaker, settings=settings or None)
-
-
-def _wrong_answer(ep: Episode, face_model: str, gt: Candidate, rng: np.random.Generator
-                  ) -> Candidate:
-    """A clearly wrong response for a gold item: the ground truth with the wrong valence where
-    the episode's context is known (the synthetic corpus), otherwise frozen on its mean."""
-    from policy.oracle import EpisodeContext, wrong_response
-
-    listener = blobs.load_array(gt.array_sha)
-    kind = "frozen"
-    if face_model == "builtin" and ep.meta.get("sentences"):
-        ctx = EpisodeContext.from_meta(ep.meta, fps=ep.fps, n_frames=ep.n_frames)
-        kind = "valence_swap"
-        wrong = wrong_response(listener, ctx, kind, rng)
-    else:
-        wrong = np.repeat(listener.mean(0, keepdims=True), len(listener), axis=0)
-    return candidate_store_array(episode=ep, baseline=f"wrong-{kind}", array=wrong)
+def _is_slug(text: str) -> bool:
+    try:
+        validate_slug(text)
+    except ValidationError:
+        return False
+    return True
 
 
 @transaction.atomic
@@ -171,105 +102,38 @@ def campaign_create(
 ) -> CampaignBuild:
     """Make a campaign in draft with its items and queue the clips they need.
 
-    Episodes come from ``episodes`` or the dataset's ``split``; an episode joins only if every
-    source has its candidates there (``skipped`` says which did not and why). Pairwise items are
-    every pair within an episode's pool; group items are the pool (at most ``group_size``).
-    Gold and catch items are made for a few extra episodes. Nothing is stored if any field is
-    wrong (``CampaignError``).
+    Episodes come from ``episodes`` or the dataset's ``split`` (``campaign_items_build`` says
+    which items they give). Every setting is checked as ``campaign_update`` checks a change
+    (``campaign_settings``); nothing is stored if any is wrong (``CampaignError``).
     """
-    _validate(protocol=protocol, overlap=overlap, group_size=group_size,
-              rates={"gold_rate": gold_rate, "catch_rate": catch_rate,
-                     "repeat_rate": repeat_rate},
-              weights=options.get("criteria_weights", {}), sources=sources)
+    for key in options:
+        if key in FIXED:
+            raise refuse(key, "is set by the platform, not when a campaign is made (a new "
+                              "campaign is a draft)")
+        if key not in _CREATE_OPTIONS:
+            raise refuse(key, "unknown campaign option")
+    given = {"name": name, "sources": sources, "protocol": protocol, "group_size": group_size,
+             "overlap": overlap, "target_items": target_items,
+             "per_rater_limit": per_rater_limit, "gold_rate": gold_rate,
+             "catch_rate": catch_rate, "repeat_rate": repeat_rate, **options}
+    settings_check({**_defaults(), **given}, changed=given)
     for source in sources:
-        _source_filter(source, dataset)  # CampaignError naming the bad source
+        source_filter(source, dataset)  # CampaignError naming the bad source
+    if not isinstance(slug, str) or len(slug) > 100 or not _is_slug(slug):
+        raise refuse("slug", "must be at most 100 letters, digits, - or _")
     if Campaign.objects.filter(slug=slug).exists():
-        raise CampaignError(f"slug: a campaign named {slug!r} exists already")
-    allowed = {f.name for f in Campaign._meta.get_fields()}
-    unknown = set(options) - allowed
-    if unknown:
-        raise CampaignError(f"unknown campaign option {sorted(unknown)[0]!r}")
+        raise refuse("slug", f"a campaign named {slug!r} exists already")
     if episodes is None:
         episodes = list(dataset.episodes.filter(split=split).order_by("key"))
     if not episodes:
-        raise CampaignError(f"episodes: the {split!r} split of {dataset.name} is empty")
+        raise refuse("episodes", f"the {split!r} split of {dataset.name} is empty")
     campaign = Campaign.objects.create(
         name=name, slug=slug, dataset=dataset, sources=sources, created_by=created_by,
         protocol=protocol, group_size=group_size, overlap=overlap, target_items=target_items,
         per_rater_limit=per_rater_limit, gold_rate=gold_rate, catch_rate=catch_rate,
         repeat_rate=repeat_rate, **options,
     )
-    build = CampaignBuild(campaign)
-    rng = random.Random(seed)
-    nprng = np.random.default_rng(seed)
-    pools = _pools(dataset, episodes, sources)
-    for ep in episodes:
-        if ep.pk not in pools:
-            build.skipped.append(f"{ep.key}: a source has no candidate for it")
-        elif len(pools[ep.pk]) < 2:
-            build.skipped.append(f"{ep.key}: fewer than two candidates to compare")
-            del pools[ep.pk]
-    usable = [ep for ep in episodes if ep.pk in pools]
-    if not usable:
-        raise CampaignError("episodes: no episode has candidates from every source; generate "
-                            "them first (manage.py generate_candidates)")
-    rng.shuffle(usable)
-
-    clips: dict[int, Clip] = {}  # candidate id -> clip
-    settings = campaign.render_settings or None
-
-    def clip_for(c: Candidate) -> Clip:
-        if c.pk not in clips:
-            clips[c.pk] = clip_request(face_model=dataset.face_model, fps=c.episode.fps,
-                                       sequence_sha=c.array_sha, settings=settings)
-        return clips[c.pk]
-
-    def add_item(ep: Episode, speaker: Clip, members: list[Candidate], probe: str) -> None:
-        item = Item.objects.create(campaign=campaign, episode=ep, probe=probe,
-                                   speaker_clip=speaker, size=len(members),
-                                   shuffle=rng.randrange(2**31))
-        ItemMember.objects.bulk_create([
-            ItemMember(item=item, slot=i, candidate=c, clip=clip_for(c))
-            for i, c in enumerate(members)
-        ])
-
-    n_probe_eps = 0
-    if protocol == Protocol.PAIRWISE and (gold_rate > 0 or catch_rate > 0):
-        n_probe_eps = max(2, min(len(usable) // 4, 10))
-    regular_eps, probe_eps = usable, usable[:n_probe_eps]
-    for ep in regular_eps:
-        if build.items >= target_items:
-            break
-        try:
-            speaker = _speaker_clip(ep, dataset.face_model, campaign.render_settings)
-        except ClipRequestError as exc:
-            build.skipped.append(f"{ep.key}: speaker clip: {exc}")
-            continue
-        pool = pools[ep.pk]
-        if protocol == Protocol.GROUP:
-            groups = [pool[:group_size]]
-        else:
-            groups = [list(p) for p in itertools.combinations(pool, 2)]
-            rng.shuffle(groups)
-        for members in groups[: target_items - build.items]:
-            add_item(ep, speaker, members, Probe.NONE)
-            build.items += 1
-    for ep in probe_eps:
-        speaker = _speaker_clip(ep, dataset.face_model, campaign.render_settings)
-        gt = Candidate.objects.filter(episode=ep, source=CandidateSource.GROUND_TRUTH).first()
-        if gold_rate > 0 and gt is not None:
-            wrong = _wrong_answer(ep, dataset.face_model, gt, nprng)
-            add_item(ep, speaker, [gt, wrong], Probe.GOLD)
-            build.gold += 1
-        if catch_rate > 0:
-            same = pools[ep.pk][-1]
-            add_item(ep, speaker, [same, same], Probe.CATCH)
-            build.catch += 1
-    build.clips = len(clips)
-    logger.info("campaign %s: %d items, %d gold, %d catch, %d candidate clips, %d skipped",
-                campaign.slug, build.items, build.gold, build.catch, build.clips,
-                len(build.skipped))
-    return build
+    return campaign_items_build(campaign=campaign, episodes=episodes, seed=seed)
 
 
 def campaign_clip_ids(campaign: Campaign) -> set[int]:
@@ -287,32 +151,174 @@ def campaign_clip_progress(campaign: Campaign) -> tuple[int, int, int]:
             len(statuses))
 
 
+# Where each status may go: a draft starts or is dropped, a running campaign pauses, resumes
+# or ends; closed is for good.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    CampaignStatus.DRAFT: frozenset({CampaignStatus.ACTIVE, CampaignStatus.CLOSED}),
+    CampaignStatus.ACTIVE: frozenset({CampaignStatus.PAUSED, CampaignStatus.CLOSED}),
+    CampaignStatus.PAUSED: frozenset({CampaignStatus.ACTIVE, CampaignStatus.CLOSED}),
+    CampaignStatus.CLOSED: frozenset(),
+}
+
+
+def _locked(campaign: Campaign) -> Campaign:
+    """The campaign's row, read again and locked against other status changes and edits (NO
+    KEY: storing a lease or a judgment that refers to it is not held up)."""
+    row = Campaign.objects.select_for_update(no_key=True).filter(pk=campaign.pk).first()
+    if row is None:
+        raise CampaignError(f"campaign {campaign.slug!r} no longer exists")
+    return row
+
+
 @transaction.atomic
 def campaign_set_status(*, campaign: Campaign, status: str) -> Campaign:
-    """Start, pause, resume or close a campaign. It starts only when every clip is rendered."""
+    """Start, pause, resume or close a campaign (``TRANSITIONS``). It starts only when every
+    clip is rendered. Asking for the status it has already changes nothing."""
     if status not in CampaignStatus.values:
-        raise CampaignError(f"status: expected one of {', '.join(CampaignStatus.values)}")
-    campaign = Campaign.objects.select_for_update(no_key=True).get(pk=campaign.pk)
-    if campaign.status == CampaignStatus.CLOSED and status != CampaignStatus.CLOSED:
-        raise CampaignError("status: a closed campaign stays closed")
+        raise refuse("status", f"expected one of {', '.join(CampaignStatus.values)}")
+    campaign = _locked(campaign)
+    if status == campaign.status:
+        return campaign
+    if campaign.status == CampaignStatus.CLOSED:
+        raise refuse("status", "a closed campaign stays closed")
+    if status not in TRANSITIONS[campaign.status]:
+        allowed = " or ".join(sorted(TRANSITIONS[campaign.status]))
+        raise refuse("status", f"a campaign that is {campaign.status} can become {allowed}, "
+                               f"not {status}")
     if status == CampaignStatus.ACTIVE:
         done, failed, total = campaign_clip_progress(campaign)
         if total == 0:
-            raise CampaignError("status: the campaign has no items")
+            raise refuse("status", "the campaign has no items")
         if done < total:
-            raise CampaignError(f"status: {total - done} of {total} clips are not rendered yet"
-                                + (f" ({failed} failed; retry them in the admin)" if failed
-                                   else ""))
-    campaign.status = status
+            raise refuse("status", f"{total - done} of {total} clips are not rendered yet"
+                                   + (f" ({failed} failed; retry them in the admin)" if failed
+                                      else ""))
+    before, campaign.status = campaign.status, status
     campaign.save(update_fields=["status"])
+    logger.info("campaign %s: %s -> %s", campaign.slug, before, status)
     return campaign
+
+
+def _user_ids(value: object) -> set[int]:
+    """The ids of ``researchers``: users or their ids, every one an existing account."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise refuse("researchers", "must be a list of users")
+    ids: set[int] = set()
+    for user in value:
+        if isinstance(user, AbstractBaseUser):
+            ids.add(user.pk)
+        elif isinstance(user, int) and not isinstance(user, bool):
+            ids.add(user)
+        else:
+            raise refuse("researchers", f"must be a list of users, got {user!r}")
+    if get_user_model().objects.filter(pk__in=ids).count() != len(ids):
+        raise refuse("researchers", "names a user that does not exist")
+    return ids
+
+
+def _differs(campaign: Campaign, field: str, value: object) -> bool:
+    if field == "researchers":
+        return value != set(campaign.researchers.values_list("pk", flat=True))
+    current = getattr(campaign, field)
+    if isinstance(current, bool) != isinstance(value, bool):
+        return True  # 1 == True in Python; as settings they are different values
+    return current != value
+
+
+def campaign_update_check(*, campaign: Campaign, fields: dict[str, object]
+                          ) -> dict[str, object]:
+    """The entries of ``fields`` that differ from the campaign's settings, once each is known
+    to be allowed to change now and its new value allowed; ``CampaignError`` names the first
+    that is not. ``campaign_update`` calls it under the row lock; forms call it first, to show
+    a refusal by its field."""
+    for key in fields:
+        if key in FIXED or key not in SETTINGS:
+            raise refuse(key, FIXED.get(key, "is not a campaign setting"))
+    if "researchers" in fields:
+        fields = {**fields, "researchers": _user_ids(fields["researchers"])}
+    changes = {k: v for k, v in fields.items() if _differs(campaign, k, v)}
+    if not changes:
+        return {}
+    has_items = any(k in BUILD_FIELDS for k in changes) and campaign.items.exists()
+    for key in changes:
+        reason = field_fixed_reason(key, status=campaign.status, has_items=has_items)
+        if reason:
+            raise refuse(key, reason)
+    columns = [k for k in changes if k != "researchers"]
+    current = {f: getattr(campaign, f) for f in SETTINGS if f != "researchers"}
+    settings_check({**current, **changes}, changed=columns)
+    for source in changes.get("sources", []):
+        source_filter(source, campaign.dataset)
+    return changes
+
+
+@transaction.atomic
+def campaign_update(*, campaign: Campaign, **fields: object) -> Campaign:
+    """Change a campaign's settings (``campaign_settings.SETTINGS``); ``researchers`` is the
+    full list of users it is shared with (users or ids). Only values that differ are written,
+    and none if any is refused (``CampaignError``). Status changes go through
+    ``campaign_set_status``."""
+    # The row lock orders this after a concurrent status change or edit, so the rules judge
+    # the status and the items the change is written against.
+    campaign = _locked(campaign)
+    changes = campaign_update_check(campaign=campaign, fields=fields)
+    columns = {k: v for k, v in changes.items() if k != "researchers"}
+    for key, value in columns.items():
+        setattr(campaign, key, value)
+    if columns:
+        campaign.save(update_fields=list(columns))
+    if "researchers" in changes:
+        campaign.researchers.set(changes["researchers"])
+    if changes:
+        logger.info("campaign %s: changed %s", campaign.slug, ", ".join(sorted(changes)))
+    return campaign
+
+
+def campaign_delete_check(*, campaign: Campaign) -> None:
+    """``CampaignInUse`` if the campaign may not be deleted now: its judgments are kept for good
+    (close it instead), and one serving raters, or with items on raters' screens, is paused
+    first and deleted when their leases have run out."""
+    if campaign.status == CampaignStatus.ACTIVE:
+        raise CampaignInUse("status: the campaign is serving raters; pause or close it before "
+                            "deleting it", field="status", code="active")
+    n = Judgment.objects.filter(campaign=campaign).count()
+    if n:
+        raise CampaignInUse(f"judgments: the campaign has {n}; judgments are kept for good, so "
+                            "close the campaign instead of deleting it", field="judgments",
+                            code="has_judgments")
+    live = Assignment.objects.filter(campaign=campaign, status=AssignmentStatus.ACTIVE,
+                                     expires_at__gt=timezone.now()).count()
+    if live:
+        raise CampaignInUse(f"assignments: {live} items are on raters' screens; delete the "
+                            "campaign when their leases have run out (at most "
+                            f"{campaign.lease_seconds} s)", field="assignments",
+                            code="live_leases")
+
+
+@transaction.atomic
+def campaign_delete(*, campaign: Campaign) -> None:
+    """Delete a campaign with its items, invites and enrolments, if ``campaign_delete_check``
+    allows. Deleting one that is gone already does nothing."""
+    # FOR UPDATE, not NO KEY UPDATE: it conflicts with the key-share lock that storing a lease
+    # or a judgment takes on the campaign row, so none lands between the check and the delete.
+    row = Campaign.objects.select_for_update().filter(pk=campaign.pk).first()
+    if row is None:
+        return
+    campaign_delete_check(campaign=row)
+    try:
+        row.delete()
+    except ProtectedError:
+        # Rows of a kind the check does not know protect it; the delete is refused whole.
+        raise CampaignInUse("campaign: other records still refer to it; close it instead",
+                            code="protected") from None
+    logger.info("campaign %s deleted", campaign.slug)
 
 
 def invite_create(*, campaign: Campaign, created_by=None, label: str = "",
                   max_uses: int | None = None, expires_at: datetime | None = None) -> Invite:
     if max_uses is not None and max_uses < 1:
-        raise CampaignError("max_uses: must be at least 1")
+        raise refuse("max_uses", "must be at least 1")
     if expires_at is not None and expires_at <= timezone.now():
-        raise CampaignError("expires_at: must be in the future")
+        raise refuse("expires_at", "must be in the future")
     return Invite.objects.create(campaign=campaign, created_by=created_by, label=label,
                                  max_uses=max_uses, expires_at=expires_at)

@@ -1,6 +1,8 @@
 import json
 import re
 import uuid
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -249,6 +251,36 @@ def test_campaign_page_draws_the_ratings(corpus, researcher):
     assert page.content.count(b"<svg") >= 1 and b"ground_truth" in page.content
 
 
+def test_judgments_of_one_minute_are_drawn_from_zero(corpus, researcher):
+    from django.core.management import call_command
+
+    # given: every judgment in the same minute (a quick demo run)
+    campaign = make_campaign(corpus, created_by=researcher)
+    call_command("simulate_raters", "--campaign", campaign.slug, "--raters", "2", "--items",
+                 "5", "--no-progress")
+    Judgment.objects.filter(campaign=campaign).update(
+        created_at=datetime(2025, 5, 1, 12, 30, 15, tzinfo=UTC))
+    # when
+    page = client_for(researcher).get(reverse("annotation:campaign", args=[campaign.slug]))
+    # then: one visible mark, at 10 on an axis from 0
+    found = re.search(r'<svg[^>]*aria-label="judgments over time.*?</svg>',
+                      page.content.decode(), re.S)
+    assert found is not None
+    svg = ET.fromstring(found.group(0))  # noqa: S314 (the page's own SVG, not outside input)
+    ns = "{http://www.w3.org/2000/svg}"
+    frame = {k: float(svg.find(f"{ns}rect").get(k)) for k in ("x", "y", "width", "height")}
+    top, bottom = frame["y"], frame["y"] + frame["height"]
+    (dot,) = svg.findall(f"{ns}circle")
+    assert float(dot.get("r")) > 0 and dot.find(f"{ns}title").text == "judgments: 10"
+    assert frame["x"] < float(dot.get("cx")) < frame["x"] + frame["width"]  # not on the edge
+    assert float(dot.get("cy")) == pytest.approx(top)  # the highest value
+    (stem,) = svg.findall(f"{ns}line")
+    assert float(stem.get("y1")) == pytest.approx(bottom)  # drawn up from 0
+    assert float(stem.get("y2")) == pytest.approx(top)
+    labels = {t.text: float(t.get("y")) for t in svg.findall(f"{ns}text")}
+    assert labels["0.00"] == bottom and "10.00" in labels  # the axis runs from 0 to 10
+
+
 def test_the_rater_token_stands_for_the_session_on_the_rating_calls(campaign, rating_door):
     # given: a client with the page's token and no session (no cookie, no CSRF token)
     (user,) = enrol(campaign)
@@ -301,3 +333,171 @@ def test_a_forged_expired_or_foreign_rater_token_is_refused(campaign, corpus, mo
     expired = good.post(heartbeat)
     assert expired.status_code == 401 and "reload" in expired.json()["detail"]
     assert not Judgment.objects.exists()
+
+
+# -- campaign writes go through the services -----------------------------------------------------
+
+def _stored(campaign) -> dict:
+    from annotation.models import Campaign
+
+    return Campaign.objects.filter(pk=campaign.pk).values().get()
+
+
+def _answer_one(campaign) -> None:
+    (user,) = enrol(campaign)
+    c = client_for(user)
+    lease = c.post(reverse("annotation:api-next", args=[campaign.slug])).json()[
+        "assignments"][0]
+    assert c.post(reverse("annotation:api-judgment", args=[lease["id"]]),
+                  {"idempotency_key": str(uuid.uuid4()), "choice": "left", "decision_ms": 5},
+                  content_type="application/json").status_code == 201
+
+
+@pytest.mark.parametrize("body, field, reason", [
+    ({"gold_rate": 0.9}, "gold_rate", "less than or equal to 0.5"),
+    ({"gold_rate": 0.5, "catch_rate": 0.5}, "gold_rate", "must be below 1"),
+    ({"per_rater_limit": 0}, "per_rater_limit", "greater than or equal to 1"),
+    ({"warn_after": 9}, "warn_after", "warn_after <= block_after"),
+    ({"criteria_weights": {"beauty": 1}}, "criteria_weights", "'beauty'=1.0 is not a known"),
+    ({"criteria_weights": {"empathy": 0, "appropriateness": 0, "engagement": 0,
+                           "naturalness": 0}}, "criteria_weights", "at least one criterion"),
+    ({"reason_tags": ["timing", "timing"]}, "reason_tags", "a tag is listed twice"),
+    ({"overlap": 9}, "overlap", "items are built from it"),
+    ({"protocol": "group"}, "protocol", "items are built from it"),
+    ({"sources": [{"kind": "ground_truth"}]}, "sources", "items are built from it"),
+    ({"status": "active"}, "status", "changes through the status actions"),
+    ({"slug": "renamed"}, "slug", "cannot be changed after the campaign is made"),
+    ({"dataset": "other"}, "dataset", "cannot be changed after the campaign is made"),
+    ({"colour": "red"}, "colour", "is not a setting this API changes"),
+])
+def test_a_refused_patch_names_the_field_and_changes_nothing(corpus, researcher, body, field,
+                                                             reason):
+    # given a draft campaign with items
+    campaign = make_campaign(corpus, start=False, created_by=researcher)
+    before = _stored(campaign)
+    # when a good change comes with a refused one
+    res = client_for(researcher).patch(reverse("annotation:api-campaign", args=[campaign.slug]),
+                                       {"instructions": "Watch closely.", **body},
+                                       content_type="application/json")
+    # then 400, with the field and the reason; nothing was written
+    assert res.status_code == 400, res.content
+    assert res.json()["field"] == field
+    assert res.json()["detail"].startswith(f"{field}: ") and reason in res.json()["detail"]
+    assert _stored(campaign) == before
+
+
+def test_patch_while_serving_changes_how_it_runs_not_what_answers_mean(corpus, researcher):
+    campaign = make_campaign(corpus, created_by=researcher)  # active
+    url = reverse("annotation:api-campaign", args=[campaign.slug])
+    c = client_for(researcher)
+    res = c.patch(url, {"consent_text": "New terms."}, content_type="application/json")
+    assert res.status_code == 400 and res.json()["field"] == "consent_text"
+    assert "only while the campaign is a draft (it is active)" in res.json()["detail"]
+    res = c.patch(url, {"per_rater_limit": 30, "gold_rate": 0.2},
+                  content_type="application/json")
+    assert res.status_code == 200 and res.json()["per_rater_limit"] == 30
+    assert (_stored(campaign)["per_rater_limit"], _stored(campaign)["gold_rate"]) == (30, 0.2)
+
+
+def test_status_api_allows_only_the_allowed_changes(corpus, researcher):
+    from annotation.services.campaigns import campaign_create
+
+    # given a draft whose clips are not rendered
+    campaign = campaign_create(name="s", slug="s", dataset=corpus, sources=SOURCES,
+                               created_by=researcher,
+                               episodes=list(corpus.episodes.all())).campaign
+    url = reverse("annotation:api-campaign-status", args=[campaign.slug])
+    c = client_for(researcher)
+    for status, reason in [("active", "clips are not rendered yet"),
+                           ("paused", "that is draft can become active or closed, not paused"),
+                           ("running", "expected one of")]:
+        res = c.post(url, {"status": status}, content_type="application/json")
+        assert res.status_code == 400 and res.json()["field"] == "status"
+        assert reason in res.json()["detail"]
+    assert _stored(campaign)["status"] == "draft"
+
+
+def test_delete_api_refuses_with_the_reason(corpus, researcher):
+    from annotation.services.campaigns import campaign_set_status
+
+    campaign = make_campaign(corpus, created_by=researcher)
+    url = reverse("annotation:api-campaign", args=[campaign.slug])
+    c = client_for(researcher)
+    res = c.delete(url)
+    assert res.status_code == 409 and res.json()["error"] == "active"
+    _answer_one(campaign)
+    campaign_set_status(campaign=campaign, status="closed")
+    res = c.delete(url)
+    assert res.status_code == 409 and res.json()["error"] == "has_judgments"
+    assert res.json()["field"] == "judgments" and "close the campaign" in res.json()["detail"]
+    assert c.get(url).status_code == 200 and Judgment.objects.count() == 1
+
+
+def test_campaign_page_edits_settings_through_the_service(corpus, researcher):
+    campaign = make_campaign(corpus, created_by=researcher)  # active
+    url = reverse("annotation:campaign", args=[campaign.slug])
+    c = client_for(researcher)
+    form = c.get(url).context["settings_form"]
+    data = {"action": "settings"}
+    for name in form.fields:
+        value = form[name].value()
+        if value is True:
+            data[name] = "on"
+        elif value is not False:
+            data[name] = "" if value is None else value
+    # what answers record is shown, not editable, once raters are served
+    assert form.fields["consent_text"].disabled and form.fields["reason_tags"].disabled
+    # a refused value: the page again, the reason by the field, nothing saved
+    before = _stored(campaign)
+    res = c.post(url, {**data, "instructions": "Changed.", "gold_rate": "0.5",
+                       "catch_rate": "0.5"})
+    assert res.status_code == 400
+    assert res.context["settings_form"].errors["gold_rate"] == [
+        "gold_rate: gold_rate + catch_rate + repeat_rate must be below 1, got 1"]
+    assert _stored(campaign) == before
+    # a good one is saved
+    res = c.post(url, {**data, "instructions": "Changed.", "per_rater_limit": "12"})
+    assert res.status_code == 302
+    assert (_stored(campaign)["instructions"], _stored(campaign)["per_rater_limit"]) == (
+        "Changed.", 12)
+
+
+def test_campaign_page_deletes_only_what_may_go(corpus, researcher):
+    from django.contrib.messages import get_messages
+
+    from annotation.models import Campaign
+    from annotation.services.campaigns import campaign_set_status
+
+    c = client_for(researcher)
+    kept = make_campaign(corpus, slug="kept", created_by=researcher)
+    _answer_one(kept)
+    campaign_set_status(campaign=kept, status="paused")
+    res = c.post(reverse("annotation:campaign", args=["kept"]), {"action": "delete"})
+    assert res.status_code == 302 and res["Location"] == reverse("annotation:campaign",
+                                                                 args=["kept"])
+    assert any("judgments: the campaign has 1" in str(m)
+               for m in get_messages(res.wsgi_request))
+    draft = make_campaign(corpus, slug="draft", created_by=researcher, start=False)
+    res = c.post(reverse("annotation:campaign", args=[draft.slug]), {"action": "delete"})
+    assert res.status_code == 302 and res["Location"] == reverse("annotation:campaigns")
+    assert list(Campaign.objects.values_list("slug", flat=True)) == ["kept"]
+
+
+def test_campaign_page_edits_group_weights(corpus, researcher):
+    from annotation.models import CRITERIA
+
+    campaign = make_campaign(corpus, created_by=researcher, protocol="group", group_size=3,
+                             start=False)
+    url = reverse("annotation:campaign", args=[campaign.slug])
+    c = client_for(researcher)
+    form = c.get(url).context["settings_form"]
+    data = {"action": "settings", **{k: v for k in form.fields
+                                     if (v := form[k].value()) is not None and v is not False}}
+    zero = {f"weight_{k}": "0" for k in CRITERIA}
+    res = c.post(url, {**data, **zero})
+    assert res.status_code == 400
+    assert "at least one criterion" in res.context["settings_form"].errors["weight_empathy"][0]
+    res = c.post(url, {**data, "weight_empathy": "2"})
+    assert res.status_code == 302
+    assert _stored(campaign)["criteria_weights"] == {
+        "empathy": 2.0, "appropriateness": 1.0, "engagement": 1.0, "naturalness": 1.0}

@@ -6,7 +6,9 @@
 
 Sources: ``policy:<version>[:<samples>]``, ``ground_truth``, ``baseline:<name>``. Without
 ``--render`` the clips are rendered by the ``render`` workers; start the campaign when they are
-done (campaign page, API or ``--start`` on a later run with ``--if-missing``).
+done (campaign page, API or ``--start`` on a later run with ``--if-missing``). Settings, status
+and deletion afterwards: ``manage.py change_campaign``. Every write goes through
+``annotation.services.campaigns``.
 """
 
 from __future__ import annotations
