@@ -131,7 +131,7 @@ def build_history(*, seed: int) -> dict:
     from django.db import connection
 
     from annotation.models import Campaign, CampaignStatus, Enrollment
-    from annotation.services.campaigns import campaign_create
+    from annotation.services.campaigns import campaign_create, campaign_set_status
 
     t0 = time.perf_counter()
     bench = Campaign.objects.get(slug=SLUG)
@@ -141,7 +141,7 @@ def build_history(*, seed: int) -> dict:
         sources=bench.sources, episodes=list(bench.dataset.episodes.order_by("key")),
         overlap=bench.overlap, target_items=items, seed=seed + 1, gold_rate=0, catch_rate=0,
         repeat_rate=0).campaign
-    Campaign.objects.filter(pk=earlier.pk).update(status=CampaignStatus.CLOSED)
+    campaign_set_status(campaign=earlier, status=CampaignStatus.CLOSED)
     raters = list(Enrollment.objects.filter(campaign=bench).order_by("rater_id")
                   .values_list("rater_id", flat=True))
     with connection.cursor() as cursor:
