@@ -94,10 +94,12 @@ def both_rating_paths(request, settings):
 
 
 class WsgiReply:
-    def __init__(self, status: str, headers: list[tuple[str, str]], content: bytes) -> None:
+    def __init__(self, status: str, headers: list[tuple[str, str]], content: bytes,
+                 door: str) -> None:
         self.status_code = int(status.split()[0])
         self.headers = {k.lower(): v for k, v in headers}
         self.content = content
+        self.door = door  # "fast-path" or "django": which door answered
 
     def __getitem__(self, name: str) -> str:
         return self.headers[name.lower()]
@@ -129,13 +131,29 @@ class WsgiClient:
             **self.defaults, **extra,
         }
         got: list = []
-        with keep_test_connection():
+        with keep_test_connection(), fast_path_watched() as answered:
             chunks = application(environ, lambda status, headers, exc=None: got.extend(
                 [status, headers]))
             content = b"".join(chunks)
             if hasattr(chunks, "close"):
                 chunks.close()
-        return WsgiReply(got[0], got[1], content)
+        return WsgiReply(got[0], got[1], content, "fast-path" if answered else "django")
+
+
+@contextmanager
+def fast_path_watched():
+    """A list that gets the call's name whenever the rating fast path answers inside."""
+    from annotation.fastpath import RatingFastPath
+
+    calls: list[str] = []
+    answer = RatingFastPath.__dict__["_answer"]
+    RatingFastPath._answer = staticmethod(
+        lambda rater, call, arg, body: calls.append(call) or answer.__func__(rater, call, arg,
+                                                                             body))
+    try:
+        yield calls
+    finally:
+        RatingFastPath._answer = answer
 
 
 @contextmanager
@@ -163,14 +181,45 @@ def rater_auth(campaign, user) -> str:
         enrollment=Enrollment.objects.get(campaign=campaign, rater=user))
 
 
-def token_client(campaign, user, door: str = "api"):
-    """A client with the rate page's credential (the rater token, no session): Django's test
-    client, where the REST views answer, or the WSGI application, where the fast path does."""
-    from django.test import Client
+RATING_VIEWS = {"NextApi": "next", "HeartbeatApi": "heartbeat", "JudgmentApi": "judgment"}
 
-    auth = rater_auth(campaign, user)
-    return Client(HTTP_AUTHORIZATION=auth) if door == "api" else WsgiClient(
-        HTTP_AUTHORIZATION=auth)
+
+class DoorClient:
+    """A client with the rate page's credential that checks, on every request, which door
+    answered it: the REST views (``api``) or the fast path in front of Django (``fast-path``).
+    A request meant for the other door says so (``door="django"``: the fast path leaves it to
+    Django, whose REST view answers)."""
+
+    def __init__(self, door: str, auth: str) -> None:
+        from django.test import Client
+
+        self.door = door
+        self.defaults = {"HTTP_AUTHORIZATION": auth}
+        self.client = Client(**self.defaults) if door == "api" else WsgiClient(**self.defaults)
+
+    def post(self, path: str, data=None, content_type: str = "application/json", *,
+             door: str | None = None, **extra):
+        reply = self.client.post(path, data, content_type=content_type, **extra)
+        expected = door or self.door
+        if self.door == "api" or expected == "django":
+            # a REST view answered (Django's test client tells which; through the WSGI
+            # application the fast path must not have)
+            if self.door == "api":
+                view = getattr(reply.resolver_match, "func", None)
+                assert getattr(view, "view_class", None).__name__ in RATING_VIEWS, (
+                    path, reply.status_code)
+            else:
+                assert reply.door == "django", (path, reply.status_code)
+        else:
+            assert reply.door == "fast-path", (path, reply.status_code, reply.content[:200])
+        return reply
+
+
+def token_client(campaign, user, door: str = "api") -> DoorClient:
+    """A client with the rate page's credential (the rater token, no session): Django's test
+    client, where the REST views answer, or the WSGI application, where the fast path does;
+    each request checks which door answered."""
+    return DoorClient(door, rater_auth(campaign, user))
 
 
 @pytest.fixture
