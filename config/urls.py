@@ -9,4 +9,5 @@ urlpatterns = [
     path("clips/", include("rendering.urls")),
     path("", include("annotation.urls")),
     path("", include("policy.urls")),
+    path("", include("feedback.urls")),
 ]

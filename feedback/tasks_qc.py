@@ -1,0 +1,3 @@
+"""Tasks of qc (on the ``default`` queue)."""
+
+__all__: list[str] = []

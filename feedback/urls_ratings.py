@@ -1,0 +1,3 @@
+"""The ratings pages and API (included by feedback/urls.py)."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""The snapshots pages and API (included by feedback/urls.py)."""
+
+urlpatterns: list = []
