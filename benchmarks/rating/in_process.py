@@ -28,16 +28,28 @@ def sql_per_call(cycles: int = 30) -> dict:
                     HTTP_AUTHORIZATION="Rater " + rater_token_make(enrollment=enrollment))
     counts: dict[str, list[int]] = {e: [] for e in ENDPOINTS}
     times: dict[str, list[float]] = {e: [] for e in ENDPOINTS}
+    # each statement's own time (wall, in the client: the round trip and PostgreSQL's work)
+    statement_times: dict[str, list[list[float]]] = {e: [] for e in ENDPOINTS}
     examples: dict[tuple[str, int], list[str]] = {}  # one per (call, statement count)
     rng = random.Random(0)
 
     def call(endpoint: str, path: str, body: dict | None = None):
-        with CaptureQueriesContext(connection) as ctx:
+        spent: list[float] = []
+
+        def timed(execute, sql, params, many, context):
+            t0 = time.perf_counter()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                spent.append(time.perf_counter() - t0)
+
+        with CaptureQueriesContext(connection) as ctx, connection.execute_wrapper(timed):
             t0 = time.perf_counter()
             res = client.post(path, body, content_type="application/json")
             times[endpoint].append(time.perf_counter() - t0)
         assert 200 <= res.status_code < 300, (endpoint, res.status_code, res.content[:200])
         counts[endpoint].append(len(ctx.captured_queries))
+        statement_times[endpoint].append(spent)
         sqls = [q["sql"] for q in ctx.captured_queries]
         key = (endpoint, len(sqls))
         if key not in examples or "RANDOM()" in " ".join(examples[key]):
@@ -53,14 +65,23 @@ def sql_per_call(cycles: int = 30) -> dict:
                      "choice": rng.choice(("left", "right", "tie", "both_bad"))}).json()["next"]
         if i == 4:  # warmed up: measure from here
             times = {e: [] for e in ENDPOINTS}
+            statement_times = {e: [] for e in ENDPOINTS}
     # The next call alone (the page makes it once, when it opens).
     for _ in range(10):
         call("next", f"/api/rate/{SLUG}/next/")
     return {e: {"statements_min": min(v), "statements_max": max(v),
                 "statements_mean": round(sum(v) / len(v), 2),
                 "in_process_p50_ms": round(pct([t * 1000 for t in times[e]], 0.5), 2),
+                # the median time of each statement, in order (an answer: the lease's context,
+                # then the store)
+                "statement_p50_ms": _statement_medians(statement_times[e]),
                 "example": [q[:140] for q in examples[(e, max(set(v), key=v.count))]]}
             for e, v in counts.items()}
+
+
+def _statement_medians(rows: list[list[float]]) -> list[float]:
+    width = max((len(r) for r in rows), default=0)
+    return [round(pct([r[i] * 1000 for r in rows if len(r) > i], 0.5), 3) for i in range(width)]
 
 
 def framework_floor(rounds: int = 6, n: int = 40) -> dict:
