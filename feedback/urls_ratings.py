@@ -1,3 +1,9 @@
 """The ratings pages and API (included by feedback/urls.py)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from feedback.views import ratings
+
+urlpatterns = [
+    path("campaigns/<slug:slug>/ratings/", ratings.campaign_ratings_page, name="ratings"),
+]

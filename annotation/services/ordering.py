@@ -1,9 +1,11 @@
 """The active order: serve first the items whose outcome is least certain.
 
-Sources (policy versions, the ground truth, baselines) are rated by Bradley–Terry from the
-campaign's regular judgments so far (ties count half a win each way; "both bad" says nothing
-about order and is left out). An item's priority is the outcome variance under those ratings,
-4·p·(1 − p) for p = P(a beats b), shrunk by the answers it already has: 1/√(1 + n). Items that
+Sources (policy versions, the ground truth, baselines) are rated by Bradley–Terry with ties
+(Davidson's model, ``annotation.bradley_terry``, the one implementation the researchers'
+ratings use too) from the campaign's regular pairwise judgments so far; a tie is a tie, not half
+a win each way; "both bad" says nothing about order and is left out. An item's priority is the
+outcome variance under those ratings, 4·p·(1 − p) for p = P(a beats b), shrunk by the answers it
+already has: 1/√(1 + n). Items that
 compare two samples of the same source sit at p = ½. Group items use the spread of their
 members' ratings the same way (the closest pair decides).
 """
@@ -14,9 +16,11 @@ import logging
 import math
 from collections import defaultdict
 
+import numpy as np
 from django.db import transaction
 from django.db.models import Max
 
+from annotation import bradley_terry as bt
 from annotation.models import Campaign, CampaignStatus, Item, ItemMember, Judgment, Probe
 from policy.models import Candidate, CandidateSource
 
@@ -32,32 +36,29 @@ def source_label(candidate: Candidate) -> str:
 
 
 def bradley_terry(wins: dict[tuple[str, str], float], *, iterations: int = 200,
-                  prior: float = 1.0) -> dict[str, float]:
-    """Log-strengths by the MM algorithm; ``wins[(i, j)]`` is how often i beat j. A prior of
-    ``prior`` virtual ties with every other player keeps unseen and unbeaten players finite."""
-    players = sorted({p for pair in wins for p in pair})
+                  prior: float = 1.0,
+                  ties: dict[tuple[str, str], float] | None = None) -> dict[str, float]:
+    """Log-strengths (mean 0) by ``annotation.bradley_terry``: ``wins[(i, j)]`` is how often i
+    beat j, ``ties[(i, j)]`` how often they tied. ``prior`` is the precision of the Gaussian
+    prior on each log-strength (the fit's ridge): 1.0, a standard deviation of 1, keeps the
+    order of a young campaign from swinging on its first answers and unbeaten sources finite.
+    ``iterations`` bounds the Newton steps."""
+    players = sorted({p for pair in [*wins, *(ties or {})] for p in pair})
     if not players:
         return {}
-    w = defaultdict(float)
-    n = defaultdict(float)
-    for (i, j), count in wins.items():
-        w[i] += count
-        n[(i, j)] += count
-        n[(j, i)] += count
-    for i in players:
-        for j in players:
-            if i != j:  # virtual half-win each way
-                w[i] += prior / 2
-                n[(i, j)] += prior / 2
-    strength = dict.fromkeys(players, 1.0)
-    for _ in range(iterations):
-        new = {}
-        for i in players:
-            denom = sum(n[(i, j)] / (strength[i] + strength[j]) for j in players if j != i)
-            new[i] = w[i] / denom if denom > 0 else strength[i]
-        g = math.exp(sum(math.log(v) for v in new.values()) / len(new))
-        strength = {k: v / g for k, v in new.items()}
-    return {k: math.log(v) for k, v in strength.items()}
+    index = {p: k for k, p in enumerate(players)}
+
+    def arrays(counts: dict[tuple[str, str], float]) -> tuple[list, list, list]:
+        rows = [(index[a], index[b], c) for (a, b), c in counts.items() if a != b and c > 0]
+        return [r[0] for r in rows], [r[1] for r in rows], [float(r[2]) for r in rows]
+
+    winners, losers, weights = arrays(wins)
+    tie_a, tie_b, tie_weights = arrays(ties or {})
+    fitted = bt.fit(np.array(winners, dtype=np.int64), np.array(losers, dtype=np.int64),
+                    np.array(tie_a, dtype=np.int64), np.array(tie_b, dtype=np.int64),
+                    weights=weights, tie_weights=tie_weights, n_players=len(players),
+                    ridge=prior, max_iter=iterations)
+    return {p: float(fitted.strengths[k]) for p, k in index.items()}
 
 
 def _p(ra: float, rb: float) -> float:
@@ -76,6 +77,7 @@ def campaign_reprioritise(*, campaign_id: int) -> int:
               .select_related("candidate__policy_version").order_by("item_id", "slot")):
         members[m.item_id].append(source_label(m.candidate))
     wins: dict[tuple[str, str], float] = defaultdict(float)
+    ties: dict[tuple[str, str], float] = defaultdict(float)
     for item_id, outcome in Judgment.objects.filter(
             campaign=campaign, probe=Probe.NONE).exclude(outcome="").values_list(
             "item_id", "outcome"):
@@ -87,9 +89,8 @@ def campaign_reprioritise(*, campaign_id: int) -> int:
         elif outcome == "b":
             wins[(b, a)] += 1
         else:
-            wins[(a, b)] += 0.5
-            wins[(b, a)] += 0.5
-    ratings = bradley_terry(wins)
+            ties[(a, b)] += 1
+    ratings = bradley_terry(wins, ties=ties)
     items = list(Item.objects.filter(campaign=campaign, probe=Probe.NONE,
                                      n_judgments__lt=campaign.overlap))
     for item in items:
