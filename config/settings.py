@@ -151,6 +151,33 @@ RATING_DB_FUNCTIONS = env.bool("RATING_DB_FUNCTIONS", default=True)
 # The rate page's calls answered in front of Django (annotation/fastpath.py).
 RATING_FAST_PATH = env.bool("RATING_FAST_PATH", default=True)
 
+# --- quality control (feedback/services/qc.py documents every rule) ---------------------------
+# When a rater is flagged (kept, shown for review) or excluded (served nothing more, left out
+# of exports). A rule applies once its own minimum count is reached. Any key can be changed
+# from the environment: FEEDBACK_QC='{"gold_accuracy_exclude": 0.75}' (JSON, merged over these).
+FEEDBACK_QC = {
+    "batch": 200,  # new judgments in an active campaign that start a run (checked every minute)
+    "min_answers": 20,  # no decision about a rater with fewer judgments
+    "min_gold": 10,  # gold answers before gold accuracy counts ...
+    "gold_accuracy_flag": 0.8,  # ... flagged below
+    "gold_accuracy_exclude": 0.7,  # ... excluded below
+    "min_catch": 3,  # catch answers before catch accuracy flags ...
+    "catch_accuracy_flag": 0.8,  # ... below this
+    "min_catch_exclude": 6,  # catch answers before it excludes ...
+    "catch_accuracy_exclude": 0.5,  # ... below this
+    "min_repeats": 3,  # hidden repeats before consistency counts ...
+    "repeat_consistency_flag": 0.6,  # ... flagged below
+    "min_decisive": 10,  # left/right presses before side bias counts; flagged when both
+    "side_bias_p": 0.001,  # the two-sided binomial test's p is below this and
+    "side_bias_share": 0.8,  # the pressed side's share is above this
+    "fast_fraction": 0.1,  # an answer is too fast under this fraction of the clip's length;
+    "fast_share_flag": 0.3,  # flagged when more than this share of answers is too fast
+    "min_regular": 10,  # regular comparisons before agreement and reliability count
+    "loo_agreement_flag": 0.5,  # agreement with the others' majority: flagged below
+    "reliability_flag": 0.5,  # reliability (EM jointly with the items): flagged below ...
+    "reliability_exclude": 0.15,  # ... excluded below
+} | env.json("FEEDBACK_QC", default={})
+
 # --- Celery -----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
 EMBEDDED_BROKER = CELERY_BROKER_URL.startswith("filesystem://")
@@ -196,6 +223,10 @@ CELERY_BEAT_SCHEDULE = {
     "reprioritise-campaigns": {
         "task": "annotation.tasks.reprioritise_campaigns_task",
         "schedule": 30.0,
+    },
+    "quality-control": {  # a run for campaigns with FEEDBACK_QC["batch"] new judgments
+        "task": "feedback.tasks_qc.qc_enqueue_due_task",
+        "schedule": 60.0,
     },
 }
 
