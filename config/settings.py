@@ -151,7 +151,7 @@ RATING_DB_FUNCTIONS = env.bool("RATING_DB_FUNCTIONS", default=True)
 # The rate page's calls answered in front of Django (annotation/fastpath.py).
 RATING_FAST_PATH = env.bool("RATING_FAST_PATH", default=True)
 
-# --- quality control (feedback/services/qc.py documents every rule) ---------------------------
+# --- quality control (feedback/services/qc/__init__.py documents every rule) ------------------
 # When a rater is flagged (kept, shown for review) or excluded (served nothing more, left out
 # of exports). A rule applies once its own minimum count is reached. Any key can be changed
 # from the environment: FEEDBACK_QC='{"gold_accuracy_exclude": 0.75}' (JSON, merged over these).
