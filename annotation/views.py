@@ -20,6 +20,7 @@ from django.views.decorators.http import require_http_methods
 
 from annotation.forms import CampaignForm, CampaignSettingsForm
 from annotation.models import CRITERIA, Invite, Judgment, Protocol
+from annotation.pages import campaign_links
 from annotation.roles import is_researcher
 from annotation.selectors import (
     campaign_get_for,
@@ -229,6 +230,7 @@ def _campaign_page(request: HttpRequest, campaign, settings_form: CampaignSettin
         "ratings_plot": bar_plot_svg(progress["ratings"], title="Bradley–Terry log-strength "
                                      "by source (0 = average)") if progress["ratings"] else "",
         "sources_json": json.dumps(campaign.sources), "settings_form": settings_form,
+        "links": campaign_links(campaign.slug),
     }, status=status)
 
 
