@@ -178,6 +178,9 @@ FEEDBACK_QC = {
     "reliability_exclude": 0.15,  # ... excluded below
 } | env.json("FEEDBACK_QC", default={})
 
+# The licence a snapshot's dataset card declares (a Hugging Face licence id, e.g. cc-by-nc-4.0).
+SNAPSHOT_LICENSE = env("SNAPSHOT_LICENSE", default="other")
+
 # --- Celery -----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
 EMBEDDED_BROKER = CELERY_BROKER_URL.startswith("filesystem://")
