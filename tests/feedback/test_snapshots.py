@@ -216,7 +216,7 @@ def test_the_same_snapshot_asked_twice_at_once_is_one_row(monkeypatch):
     # given: both requests find nothing in progress and insert at the same moment
     barrier = threading.Barrier(2)
     seen = threading.local()
-    original = service._in_progress
+    original = service.request._in_progress
 
     def racing(key: str):
         if not getattr(seen, "once", False):
@@ -225,7 +225,7 @@ def test_the_same_snapshot_asked_twice_at_once_is_one_row(monkeypatch):
             return None
         return original(key)
 
-    monkeypatch.setattr(service, "_in_progress", racing)
+    monkeypatch.setattr(service.request, "_in_progress", racing)
     got, errors = [], []
 
     def ask() -> None:
