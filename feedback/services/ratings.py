@@ -30,15 +30,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice
 from typing import NamedTuple
 
 import numpy as np
-from django.db.models import Max
+from django.db.models import Case, F, IntegerField, JSONField, Max, Value, When
 
 from annotation import bradley_terry as bt
-from annotation.models import Campaign, ItemMember, Judgment, Probe
+from annotation.models import Campaign, ItemMember, Judgment, Probe, Protocol
 from annotation.rules import group_pairs
 from annotation.services.ordering import source_label
 from feedback.models import QcDecision, RaterStatus
@@ -106,83 +107,169 @@ def excluded_raters(campaign_ids: list[int]) -> set[tuple[int, int]]:
                .values_list("enrollment__campaign_id", "enrollment__rater_id"))
 
 
+CHUNK = 20_000  # judgments turned into arrays at a time (the only rows held as tuples)
+_OUTCOMES = {"a": 0, "b": 1, "tie": 2}  # coded by the database; "both bad" and blank: -1
+_TIE = _OUTCOMES["tie"]
+
+
+def _chunks(rows: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
+    """``rows`` (a streamed ``values_list``) ``size`` tuples at a time."""
+    it = iter(rows)
+    while part := list(islice(it, size)):
+        yield part
+
+
 @dataclass
 class _Comparisons:
-    """Comparisons between candidate ids, each with the judgment it came from."""
+    """Comparisons between candidate ids, each with the judgment it came from, in the order
+    of the judgments (a group answer's pairs in ``group_pairs``' order, then its ties)."""
 
-    winners: list[int]
-    losers: list[int]
-    won_in: list[int]
-    tie_a: list[int]
-    tie_b: list[int]
-    tied_in: list[int]
+    winners: np.ndarray  # (D,) candidate ids
+    losers: np.ndarray  # (D,)
+    won_in: np.ndarray  # (D,) judgment ids
+    tie_a: np.ndarray  # (T,)
+    tie_b: np.ndarray  # (T,)
+    tied_in: np.ndarray  # (T,)
+
+
+class _Members(NamedTuple):
+    """The regular items' candidates: ``cands[k, p]`` the candidate at position p (slot order)
+    of item ``ids[k]`` (-1 past ``size[k]``)."""
+
+    ids: np.ndarray  # (I,) sorted
+    cands: np.ndarray  # (I, S)
+    size: np.ndarray  # (I,)
+
+
+def _members(regular) -> _Members:
+    rows = regular.order_by("item_id", "slot").values_list("item_id", "candidate_id")
+    parts = [np.array(p, dtype=np.int64) for p in _chunks(rows.iterator(chunk_size=CHUNK), CHUNK)]
+    pairs = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+    ids, start, size = np.unique(pairs[:, 0], return_index=True, return_counts=True)
+    cands = np.full((len(ids), max(int(size.max(initial=0)), 2)), -1, dtype=np.int64)
+    position = np.arange(len(pairs)) - np.repeat(start, size)  # rank within the item
+    cands[np.repeat(np.arange(len(ids)), size), position] = pairs[:, 1]
+    return _Members(ids, cands, size)
+
+
+def _in_row_order(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """(row, a, b, judgment) pieces of one chunk as (a, b, judgment) in the chunk's row order;
+    the sort is stable, so the pairs of one group answer keep their own order."""
+    row, *cols = (np.concatenate(c) for c in zip(*parts, strict=True))
+    if len(parts) > 1:
+        order = np.argsort(row, kind="stable")
+        cols = [c[order] for c in cols]
+    return tuple(cols)
+
+
+def _concat(chunks: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    if not chunks:
+        return tuple(np.zeros(0, dtype=np.int64) for _ in range(3))
+    return tuple(np.concatenate(c) for c in zip(*chunks, strict=True))
 
 
 def _read(campaign_ids: list[int], exclude_excluded: bool
           ) -> tuple[_Comparisons, dict[int, Candidate], int, int]:
-    weights = {c.pk: c.weights for c in Campaign.objects.filter(pk__in=campaign_ids)}
-    members: dict[int, list[int]] = defaultdict(list)
+    """The comparisons of the campaigns' regular judgments, read a chunk at a time into
+    arrays: outcomes coded by the database, a group answer's scores read only for group
+    campaigns (their pairs come from ``group_pairs``, one answer at a time)."""
+    campaigns = {c.pk: c for c in Campaign.objects.filter(pk__in=campaign_ids)}
+    group_ids = [pk for pk, c in campaigns.items() if c.protocol == Protocol.GROUP]
     regular = ItemMember.objects.filter(item__campaign_id__in=campaign_ids,
                                         item__probe=Probe.NONE)
-    for item_id, candidate_id in regular.order_by("item_id", "slot").values_list(
-            "item_id", "candidate_id"):
-        members[item_id].append(candidate_id)
+    members = _members(regular)
+    # Only what the labels and rows read: an episode's transcript or a version's config would
+    # be held once per candidate.
     candidates = {c.pk: c for c in Candidate.objects.filter(
-        pk__in=regular.values("candidate_id")).select_related("policy_version", "episode")}
+        pk__in=regular.values("candidate_id")).select_related("policy_version", "episode")
+        .only("source", "baseline", "policy_version__name", "episode__key")}
     excluded = excluded_raters(campaign_ids) if exclude_excluded else set()
-    out = _Comparisons([], [], [], [], [], [])
-    used = left_out = 0
+    # (campaign, rater) as one integer, to test a whole chunk at once
+    excluded_keys = np.array(sorted((c << 32) + r for c, r in excluded), dtype=np.int64)
+
+    columns = ["id", "campaign_id", "rater_id", "item_id", "outcome_code"]
     rows = (Judgment.objects.filter(campaign_id__in=campaign_ids, probe=Probe.NONE)
-            .order_by("id").values_list("id", "campaign_id", "rater_id", "item_id", "outcome",
-                                        "scores"))
-    for jid, cid, rid, item_id, outcome, scores in rows.iterator(chunk_size=5000):
-        if (cid, rid) in excluded:
-            left_out += 1
-            continue
-        slots = members.get(item_id)
-        if not slots or len(slots) < 2:
-            continue
-        if scores:
+            .order_by("id")
+            .annotate(outcome_code=Case(*[When(outcome=o, then=Value(k))
+                                          for o, k in _OUTCOMES.items()],
+                                        default=Value(-1), output_field=IntegerField())))
+    if group_ids:
+        rows = rows.annotate(group_scores=Case(When(campaign_id__in=group_ids, then=F("scores")),
+                                               default=Value(None), output_field=JSONField()))
+        columns.append("group_scores")
+    rows = rows.values_list(*columns)
+
+    wins: list[tuple[np.ndarray, ...]] = []  # (winner, loser, judgment) per chunk
+    ties: list[tuple[np.ndarray, ...]] = []  # (a, b, judgment) per chunk
+    used = left_out = 0
+    for part in _chunks(rows.iterator(chunk_size=CHUNK), CHUNK):
+        table = np.array([r[:5] for r in part] if group_ids else part,
+                         dtype=np.int64).reshape(-1, 5)
+        jid, cid, rid, item_id, code = table.T
+        out = np.isin((cid << 32) + rid, excluded_keys)
+        left_out += int(out.sum())
+        if not len(members.ids):
+            continue  # no regular item with candidates: nothing to compare
+        pos = np.minimum(np.searchsorted(members.ids, item_id), len(members.ids) - 1)
+        ok = ~out & (members.ids[pos] == item_id) & (members.size[pos] >= 2)
+        cands = members.cands[pos]  # (n, S) the item's candidates in slot order
+        scored = np.zeros(len(part), dtype=bool)
+        if group_ids:
+            scored = np.fromiter((bool(r[5]) for r in part), dtype=bool, count=len(part))
+        # Pairwise answers: "a" / "b" a win of slot 0 / 1, "tie" a tie; "both bad" no order.
+        won = ok & ~scored & (code >= 0) & (code < _TIE)
+        tied = ok & ~scored & (code == _TIE)
+        used += int(won.sum() + tied.sum())
+        r = np.flatnonzero(won)
+        first = code[r] == 0
+        c_wins = [(r, np.where(first, cands[r, 0], cands[r, 1]),
+                   np.where(first, cands[r, 1], cands[r, 0]), jid[r])]
+        r = np.flatnonzero(tied)
+        c_ties = [(r, cands[r, 0], cands[r, 1], jid[r])]
+        # Group answers: every pair they imply, one answer at a time.
+        g_wins: list[tuple[int, int, int, int]] = []
+        g_ties: list[tuple[int, int, int, int]] = []
+        for k in np.flatnonzero(ok & scored).tolist():
+            scores, j = part[k][5], int(jid[k])
+            slots = cands[k, :members.size[pos[k]]].tolist()
             if len(scores) != len(slots):
                 logger.warning("judgment #%s: %d score sets for %d candidates; left out",
-                               jid, len(scores), len(slots))
+                               j, len(scores), len(slots))
                 continue
             ordered = set()
-            for better, worse, _margin in group_pairs(scores, weights[cid]):
+            for better, worse, _margin in group_pairs(scores, campaigns[int(cid[k])].weights):
                 ordered.add(frozenset((better, worse)))
-                out.winners.append(slots[better])
-                out.losers.append(slots[worse])
-                out.won_in.append(jid)
+                g_wins.append((k, slots[better], slots[worse], j))
             for x in range(len(slots)):
                 for y in range(x + 1, len(slots)):
                     if frozenset((x, y)) not in ordered:
-                        out.tie_a.append(slots[x])
-                        out.tie_b.append(slots[y])
-                        out.tied_in.append(jid)
-        elif outcome in ("a", "b"):
-            won = 0 if outcome == "a" else 1
-            out.winners.append(slots[won])
-            out.losers.append(slots[1 - won])
-            out.won_in.append(jid)
-        elif outcome == "tie":
-            out.tie_a.append(slots[0])
-            out.tie_b.append(slots[1])
-            out.tied_in.append(jid)
-        else:
-            continue  # "both bad": no order
-        used += 1
-    return out, candidates, used, left_out
+                        g_ties.append((k, slots[x], slots[y], j))
+            used += 1
+        if g_wins:
+            c_wins.append(tuple(np.array(g_wins, dtype=np.int64).reshape(-1, 4).T))
+        if g_ties:
+            c_ties.append(tuple(np.array(g_ties, dtype=np.int64).reshape(-1, 4).T))
+        wins.append(_in_row_order(c_wins))
+        ties.append(_in_row_order(c_ties))
+    w, lo, jw = _concat(wins)
+    ta, tb, jt = _concat(ties)
+    return _Comparisons(w, lo, jw, ta, tb, jt), candidates, used, left_out
 
 
 def _fit(index: dict[int, int], n_players: int, comps: _Comparisons,
          rounds: int) -> tuple[bt.Fit, bt.Intervals, np.ndarray]:
     """Fit over players ``index[candidate id]``; comparisons between the same player (two
     candidates of one source) are left out."""
-    def arrays(a: list[int], b: list[int], judgment: list[int]):
-        ia = np.fromiter((index[x] for x in a), dtype=np.int64, count=len(a))
-        ib = np.fromiter((index[x] for x in b), dtype=np.int64, count=len(b))
+    keys = np.fromiter(index, dtype=np.int64, count=len(index))
+    values = np.fromiter(index.values(), dtype=np.int64, count=len(index))
+    order = np.argsort(keys)
+    keys, values = keys[order], values[order]
+
+    def arrays(a: np.ndarray, b: np.ndarray, judgment: np.ndarray):
+        ia = values[np.searchsorted(keys, a)]
+        ib = values[np.searchsorted(keys, b)]
         keep = ia != ib
-        return ia[keep], ib[keep], np.asarray(judgment, dtype=np.int64)[keep]
+        return ia[keep], ib[keep], judgment[keep]
 
     w, lo, jw = arrays(comps.winners, comps.losers, comps.won_in)
     ta, tb, jt = arrays(comps.tie_a, comps.tie_b, comps.tied_in)

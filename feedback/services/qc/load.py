@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
-from django.db.models import Case, IntegerField, Value, When
+from django.db.models import Case, IntegerField, QuerySet, Value, When
 
 from annotation.models import (
     CRITERIA,
@@ -36,6 +37,36 @@ _PROBES = {Probe.NONE: qc.PROBE_NONE, Probe.GOLD: qc.PROBE_GOLD, Probe.CATCH: qc
            Probe.REPEAT: qc.PROBE_REPEAT}
 _CHOICES = {"left": qc.LEFT, "right": qc.RIGHT, "tie": qc.TIE, "both_bad": qc.BOTH_BAD}
 _OUTCOMES = {"a": qc.A, "b": qc.B, "tie": qc.NOPREF, "both_bad": qc.NOPREF}
+
+
+CHUNK = 20_000  # judgments turned into arrays at a time (the only rows held as tuples)
+
+
+def _columns(rows: QuerySet, specs: list[tuple[type, int]], *, hint: int) -> list[np.ndarray]:
+    """Stream a ``values_list`` into one array per (dtype, width) of ``specs``, the columns in
+    that order (width > 1: a 2-D array of that many columns). Room for ``hint`` rows is made up
+    front and doubled if more come (judgments arrive while a run reads); a chunk at a time goes
+    through one float64 block, None becoming NaN."""
+    width = sum(w for _, w in specs)
+    out = [np.empty((hint, w) if w > 1 else hint, dtype=d) for d, w in specs]
+    n = 0
+    rows_iter = iter(rows.iterator(chunk_size=CHUNK))
+    while part := list(islice(rows_iter, CHUNK)):
+        block = np.array(part, dtype=np.float64).reshape(-1, width)
+        del part
+        end = n + len(block)
+        if end > len(out[0]):
+            room = max(end, 2 * len(out[0]))
+            grown = [np.empty((room, *a.shape[1:]), dtype=a.dtype) for a in out]
+            for new, old in zip(grown, out, strict=True):
+                new[:n] = old[:n]
+            out = grown
+        col = 0
+        for a, (_, w) in zip(out, specs, strict=True):
+            a[n:end] = block[:, col] if w == 1 else block[:, col:col + w]
+            col += w
+        n = end
+    return [a[:n] for a in out]
 
 
 @dataclass
@@ -76,29 +107,33 @@ def qc_load(*, campaign: Campaign) -> Loaded:
                "decision_ms", "passed_code"]
     if group:  # each score extracted by the database: scores -> slot -> criterion
         columns += [f"scores__{s}__{c}" for s in range(n_slots) for c in CRITERIA]
-    rows = (Judgment.objects.filter(campaign=campaign).order_by("id")
+    judgments = Judgment.objects.filter(campaign=campaign)
+    rows = (judgments.order_by("id")
             .annotate(probe_code=_code("probe", _PROBES), choice_code=_code("choice", _CHOICES),
                       outcome_code=_code("outcome", _OUTCOMES),
                       passed_code=Case(When(qc__passed=True, then=Value(1)),
                                        When(qc__passed=False, then=Value(0)),
                                        default=Value(-1), output_field=IntegerField()))
             .values_list(*columns))
-    table = np.array(list(rows), dtype=np.float64).reshape(-1, len(columns))  # None -> nan
-    seen = len(table)
+    rater_id, item_id, probe, choice, outcome, decision_ms, passed_code, *rest = _columns(
+        rows, [(np.int64, 1), (np.int64, 1), (np.int8, 1), (np.int8, 1), (np.int8, 1),
+               (np.float64, 1), (np.int8, 1)] + ([(np.float64, len(columns) - 7)] if group else []),
+        hint=judgments.count())
+    seen = len(rater_id)
     # Every judgment's rater is enrolled; a row that is not (none should be) is left out.
     sorted_ids = rater_ids[by_rater]
     if len(enrol):
-        pos = np.clip(np.searchsorted(sorted_ids, table[:, 0]), 0, len(enrol) - 1)
-        known = sorted_ids[pos] == table[:, 0]
+        pos = np.clip(np.searchsorted(sorted_ids, rater_id), 0, len(enrol) - 1)
+        known = sorted_ids[pos] == rater_id
     else:
         pos, known = np.zeros(seen, dtype=np.int64), np.zeros(seen, dtype=bool)
-    table, pos = table[known], pos[known]
+    if not known.all():
+        pos, item_id, probe, choice, outcome, decision_ms, passed_code, *rest = (
+            a[known] for a in (pos, item_id, probe, choice, outcome, decision_ms, passed_code,
+                               *rest))
     rater = by_rater[pos].astype(np.int64)
-    item = np.searchsorted(item_ids, table[:, 1].astype(np.int64))
-    probe = table[:, 2].astype(np.int8)
-    choice = table[:, 3].astype(np.int8)
-    outcome = table[:, 4].astype(np.int8)
-    passed = np.where(table[:, 6] >= 0, table[:, 6], np.nan)
+    item = np.searchsorted(item_ids, item_id)
+    passed = np.where(passed_code >= 0, passed_code, np.nan)
     regular = probe == qc.PROBE_NONE
 
     unit_episode = items[:, 1].astype(np.int64)
@@ -109,7 +144,7 @@ def qc_load(*, campaign: Campaign) -> Loaded:
         unit_cands, unit_item = item_cands[:, :2], item_ids
     else:
         n_crit = len(CRITERIA)
-        scores = table[:, 7:].reshape(-1, n_slots, n_crit)  # (N, S, C)
+        scores = rest[0].reshape(-1, n_slots, n_crit)  # (N, S, C)
         w = np.array([campaign.weights[c] for c in CRITERIA])
         values = (scores * w).sum(-1) / (w.sum() or 1.0)  # (N, S) weighted mean per slot
         g = regular & np.isfinite(scores).any((1, 2))
@@ -124,7 +159,7 @@ def qc_load(*, campaign: Campaign) -> Loaded:
         s_criterion = cc
     data = qc.QcData(
         n_raters=len(enrol), rater=rater, probe=probe, passed=passed, choice=choice,
-        decision_ms=table[:, 5], clip_ms=clip_ms[item] if len(item) else np.zeros(0),
+        decision_ms=decision_ms, clip_ms=clip_ms[item] if len(item) else np.zeros(0),
         c_rater=c_rater, c_unit=c_unit, c_label=c_label.astype(np.int64),
         unit_episode=unit_episode, unit_cands=unit_cands, unit_item=unit_item,
         s_rater=s_rater, s_unit=s_unit, s_value=s_value, s_criterion=s_criterion,
