@@ -94,6 +94,7 @@ def measure(*, quick: bool) -> dict:
                 "SELECT counts, size_bytes, content_hash FROM feedback_snapshot "
                 "ORDER BY id DESC LIMIT 1").fetchone()
         phases = _phases(log.read_text())
+        peaks = _phase_peaks(log.read_text())
     return {
         "export_judgments": n,
         "export_s": round(export_s, 1),
@@ -103,6 +104,7 @@ def measure(*, quick: bool) -> dict:
         "export_size_mb": round(size / 2**20, 1),
         "export_content_hash": digest,
         "export_phases_s": phases,
+        "export_phase_peak_mb": peaks,
         "export_setup_s": round(setup_s, 1),
     }
 
@@ -121,6 +123,15 @@ def _phases(log: str) -> dict[str, float]:
     for name, pattern in _PHASES.items():
         if found := re.search(pattern, log):
             out[name] = float(found.group(1))
+    return out
+
+
+def _phase_peaks(log: str) -> dict[str, float]:
+    """The export's peak memory (MB) as each phase ended, from its log."""
+    out = {}
+    for name, pattern in _PHASES.items():
+        if found := re.search(pattern + r".*?\(peak ([0-9.]+) MB\)", log):
+            out[name] = float(found.group(2))
     return out
 
 
