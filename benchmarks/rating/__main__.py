@@ -216,7 +216,8 @@ def main() -> None:
         "where_the_time_goes": report.where_the_time_goes(saturation, sql, floor, floor_http),
         "goals": report.goals(paced=paced, saturation=saturation, answers=answers,
                               runs=[*sweep_runs, paced, *sat_runs, answers, rest_views, session,
-                                    new_install, paced_default, *capacity]),
+                                    new_install, paced_default, *capacity],
+                              goal_runs=[paced, *sat_runs]),
         "goal": "(a) p95 < 50 ms on every endpoint at 200 raters x 1 judgment / 2 s; "
                 "(b) > 300 judgments/s at saturation; zero errors (409/410 counted apart)",
         "total_s": round(time.perf_counter() - t_all, 1),
