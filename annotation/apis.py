@@ -11,19 +11,20 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core import signing
 from django.urls import reverse
+from django.utils.cache import patch_cache_control
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.exceptions import APIException, AuthenticationFailed, NotFound
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.models import CRITERIA, CampaignStatus, Protocol
+from annotation.parsers import BoundedJSONParser
 from annotation.rater_calls import (
     Reply,
     call_heartbeat,
@@ -38,7 +39,7 @@ from annotation.selectors import (
     campaign_list_for,
     campaign_progress,
 )
-from annotation.services.campaign_settings import FIXED
+from annotation.services.campaign_settings import FIXED, INT_MAX
 from annotation.services.campaigns import (
     CampaignError,
     CampaignInUse,
@@ -148,7 +149,7 @@ class RaterApi(APIView):
     """The rating calls: the lean path (token or session, JSON in and out, nothing else)."""
 
     authentication_classes = [RaterTokenAuthentication, SessionAuthentication]
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = JsonOnly
     throttle_classes: list = []
@@ -163,6 +164,13 @@ class RaterApi(APIView):
         if limit is not None and length > limit:
             raise RequestTooLarge(f"the request body is {length} bytes, at most {limit}")
         super().initial(request, *args, **kwargs)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        # The replies carry token-bound data (leases, the rater's progress): kept by no cache.
+        # annotation/fastpath.py sends the same header.
+        response = super().finalize_response(request, response, *args, **kwargs)
+        patch_cache_control(response, no_store=True)
+        return response
 
     def campaign_id(self) -> int | None:
         """The campaign a rater token is bound to (none for a session)."""
@@ -289,7 +297,7 @@ class CampaignInput(serializers.Serializer):
     group_size = serializers.IntegerField(min_value=2, max_value=8, default=5)
     overlap = serializers.IntegerField(min_value=1, max_value=50, default=3)
     target_items = serializers.IntegerField(min_value=1, max_value=100_000, default=100)
-    per_rater_limit = serializers.IntegerField(min_value=1, default=50)
+    per_rater_limit = serializers.IntegerField(min_value=1, max_value=INT_MAX, default=50)
     lease_seconds = serializers.IntegerField(min_value=15, max_value=3600, default=90)
     active_order = serializers.BooleanField(default=True)
     gold_rate = serializers.FloatField(min_value=0, max_value=0.5, default=0.1)
@@ -452,7 +460,8 @@ class InviteApi(APIView):
 
     class InviteInputSerializer(serializers.Serializer):
         label = serializers.CharField(max_length=100, required=False, allow_blank=True)
-        max_uses = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+        max_uses = serializers.IntegerField(min_value=1, max_value=INT_MAX, required=False,
+                                            allow_null=True)
         expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
     @extend_schema(request=InviteInputSerializer, responses={201: inline_serializer("Invite", {

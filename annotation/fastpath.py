@@ -18,7 +18,6 @@ would add. Switch it off with ``RATING_FAST_PATH=0``.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from django.http.request import split_domain_port, validate_host
 from django.urls import set_script_prefix
 from rest_framework.utils.encoders import JSONEncoder
 
+from annotation import parsers
 from annotation.apis import RaterPrincipal
 from annotation.rater_calls import Reply, call_heartbeat, call_judgment, call_next
 from annotation.services.enrollment import rater_token_read
@@ -51,8 +51,9 @@ WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
 
 
 def _headers(secure: bool) -> list[tuple[str, str]]:
-    """What SecurityMiddleware and XFrameOptionsMiddleware add to a JSON reply, per settings."""
-    out = []
+    """What RaterApi, SecurityMiddleware and XFrameOptionsMiddleware add to a JSON reply, per
+    settings."""
+    out = [("Cache-Control", "no-store")]  # as RaterApi.finalize_response: token-bound data
     if settings.SECURE_CONTENT_TYPE_NOSNIFF:
         out.append(("X-Content-Type-Options", "nosniff"))
     if settings.SECURE_REFERRER_POLICY:
@@ -174,9 +175,9 @@ class RatingFastPath:
             return False, None
         raw = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(raw)  # for Django, if it gets the request after all
-        try:  # as DRF's parser: strict UTF-8 (no byte-order mark), no NaN
-            return True, json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-        except (ValueError, RecursionError):
+        try:  # as the API's parser: strict UTF-8 (no byte-order mark), no NaN, bounded depth
+            return True, parsers.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        except ValueError:  # TooDeep among them: Django's parser answers it
             return False, None
 
     @staticmethod

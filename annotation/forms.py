@@ -1,7 +1,7 @@
 from django import forms
 
 from annotation.models import CRITERIA, Campaign, Protocol
-from annotation.services.campaign_settings import field_fixed_reason
+from annotation.services.campaign_settings import INT_MAX, SMALL_INT_MAX, field_fixed_reason
 from policy.models import Candidate, CandidateSource, Dataset, PolicyVersion
 
 
@@ -29,8 +29,8 @@ class CampaignForm(forms.Form):
     group_size = forms.IntegerField(min_value=2, max_value=8, initial=5)
     overlap = forms.IntegerField(min_value=1, max_value=50, initial=3,
                                  help_text="judgments per item")
-    target_items = forms.IntegerField(min_value=1, initial=100)
-    per_rater_limit = forms.IntegerField(min_value=1, initial=50)
+    target_items = forms.IntegerField(min_value=1, max_value=100_000, initial=100)
+    per_rater_limit = forms.IntegerField(min_value=1, max_value=INT_MAX, initial=50)
     gold_rate = forms.FloatField(min_value=0, max_value=0.5, initial=0.1)
     catch_rate = forms.FloatField(min_value=0, max_value=0.5, initial=0.05)
     repeat_rate = forms.FloatField(min_value=0, max_value=0.5, initial=0.05)
@@ -67,7 +67,9 @@ class CampaignSettingsForm(forms.Form):
     name = forms.CharField(max_length=200)
     instructions = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False)
     consent_text = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
-    per_rater_limit = forms.IntegerField(help_text="items one rater answers at most")
+    # Bounds here are the columns' (what fits); the product's rules are ``campaign_update``'s.
+    per_rater_limit = forms.IntegerField(max_value=INT_MAX,
+                                         help_text="items one rater answers at most")
     # As the API: the rate page renews a lease every lease/4 s (at least every 5 s).
     lease_seconds = forms.IntegerField(min_value=15, max_value=3600)
     active_order = forms.BooleanField(required=False,
@@ -75,8 +77,10 @@ class CampaignSettingsForm(forms.Form):
     gold_rate = forms.FloatField()
     catch_rate = forms.FloatField()
     repeat_rate = forms.FloatField()
-    warn_after = forms.IntegerField(help_text="failed probes before a rater is warned")
-    block_after = forms.IntegerField(help_text="failed probes before a rater is blocked")
+    warn_after = forms.IntegerField(max_value=SMALL_INT_MAX,
+                                    help_text="failed probes before a rater is warned")
+    block_after = forms.IntegerField(max_value=SMALL_INT_MAX,
+                                     help_text="failed probes before a rater is blocked")
     ask_strength = forms.BooleanField(required=False, help_text="pairwise: 3 levels of strength")
     reason_tags = forms.CharField(required=False, help_text="comma-separated")
     crowd_param = forms.CharField(required=False, max_length=40,

@@ -16,6 +16,7 @@ from django.db.models.functions import TruncMinute
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from annotation.forms import CampaignForm, CampaignSettingsForm
@@ -92,6 +93,7 @@ def invite(request: HttpRequest, token: str) -> HttpResponse:
     return redirect("annotation:rate", slug=campaign.slug)
 
 
+@never_cache  # the page embeds the rater token: no browser or proxy keeps a copy
 @login_required
 def rate(request: HttpRequest, slug: str) -> HttpResponse:
     try:

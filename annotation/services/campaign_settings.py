@@ -50,18 +50,22 @@ FIXED = {
 }
 
 RATES = ("gold_rate", "catch_rate", "repeat_rate")
+# The largest value each kind of integer column holds (PostgreSQL's integer and smallint); a
+# larger one is refused by its field here, not by the database as a server error.
+INT_MAX = 2**31 - 1
+SMALL_INT_MAX = 2**15 - 1
 _INT_RANGES: dict[str, tuple[int, int]] = {
     "group_size": (2, MAX_GROUP),
     "overlap": (1, 50),
     "target_items": (1, 100_000),
     # No product limit: the column's range, so a huge number is refused here, not by the
     # database.
-    "per_rater_limit": (1, 2**31 - 1),
+    "per_rater_limit": (1, INT_MAX),
     # The API and the pages ask for at least 15 s (the rate page renews every lease/4 s, at
     # least every 5 s); shorter leases are for tests of expiry.
     "lease_seconds": (1, 3600),
-    "warn_after": (1, 32_767),
-    "block_after": (1, 32_767),
+    "warn_after": (1, SMALL_INT_MAX),
+    "block_after": (1, SMALL_INT_MAX),
 }
 _TEXT_LENGTHS = {"name": 200, "instructions": 20_000, "consent_text": 20_000,
                  "completion_code": 40, "completion_url": 200}
@@ -122,7 +126,8 @@ def _check_one(field: str, value: object, protocol: object) -> None:
     if field in _INT_RANGES:
         lo, hi = _INT_RANGES[field]
         if field == "group_size" and protocol != Protocol.GROUP:
-            return  # not used by a pairwise campaign
+            # Not used by a pairwise campaign, but stored: it must fit its column.
+            lo, hi = 0, SMALL_INT_MAX
         if not (isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi):
             raise refuse(field, f"must be a whole number {lo}..{hi}, got {value!r}")
     elif field in RATES:
@@ -151,6 +156,7 @@ def _check_one(field: str, value: object, protocol: object) -> None:
             raise refuse(field, "at least one candidate source is required")
         if len(value) > MAX_SOURCES:
             raise refuse(field, f"at most {MAX_SOURCES} candidate sources")
+        _check_no_repeat(value)
     elif field == "criteria_weights":
         if not isinstance(value, dict):
             raise refuse(field, "must be an object {criterion: weight}")
@@ -172,6 +178,41 @@ def _check_one(field: str, value: object, protocol: object) -> None:
             raise refuse(field, "must be at most 40 letters, digits or _ (e.g. PROLIFIC_PID)")
     elif field == "render_settings" and not isinstance(value, dict):
         raise refuse(field, "must be an object")
+
+
+def source_identity(source: object) -> tuple[str, str] | None:
+    """What decides which candidates a source descriptor takes, as ``campaign_items`` reads it
+    (``source_filter``): its kind and the policy version or baseline it names. Nothing else
+    counts: a policy source's candidates are the first ``samples`` of that version's, in
+    ``source_key`` order, so a seed or temperature written on it picks no other candidates, and
+    two entries of one version with different ``samples`` share their first candidates. None
+    where the descriptor is malformed (``source_filter`` says why)."""
+    if not isinstance(source, dict):
+        return None
+    kind = source.get("kind")
+    if kind == "ground_truth":
+        return ("ground_truth", "")
+    key = {"policy": "version", "baseline": "name"}.get(kind)  # type: ignore[arg-type]
+    if key is None or not isinstance(source.get(key), str):
+        return None
+    return (str(kind), source[key])
+
+
+def _check_no_repeat(sources: list) -> None:
+    """Two entries that take the same candidates would put a clip against itself."""
+    seen: dict[tuple[str, str], int] = {}
+    for i, source in enumerate(sources):
+        identity = source_identity(source)
+        if identity is None:
+            continue
+        if identity in seen:
+            kind, name = identity
+            what = kind + (f" {name!r}" if name else "")
+            hint = " (ask for more samples of one entry instead)" if kind == "policy" else ""
+            raise refuse("sources", f"sources[{i}] ({what}) repeats sources[{seen[identity]}]: "
+                                    "both take the same candidates, so items would compare "
+                                    f"a clip with itself{hint}")
+        seen[identity] = i
 
 
 def settings_check(values: Mapping[str, object], *, changed: Collection[str]) -> None:

@@ -40,6 +40,7 @@ from annotation.services.campaign_items import (
 from annotation.services.campaign_settings import (
     BUILD_FIELDS,
     FIXED,
+    INT_MAX,
     SETTINGS,
     CampaignError,
     CampaignInUse,
@@ -316,8 +317,11 @@ def campaign_delete(*, campaign: Campaign) -> None:
 
 def invite_create(*, campaign: Campaign, created_by=None, label: str = "",
                   max_uses: int | None = None, expires_at: datetime | None = None) -> Invite:
-    if max_uses is not None and max_uses < 1:
-        raise refuse("max_uses", "must be at least 1")
+    if max_uses is not None and not (
+            isinstance(max_uses, int) and not isinstance(max_uses, bool)
+            and 1 <= max_uses <= INT_MAX):
+        raise refuse("max_uses", f"must be a whole number 1..{INT_MAX} (or none: unlimited), "
+                                 f"got {max_uses!r}")
     if expires_at is not None and expires_at <= timezone.now():
         raise refuse("expires_at", "must be in the future")
     return Invite.objects.create(campaign=campaign, created_by=created_by, label=label,

@@ -503,3 +503,109 @@ def test_campaign_page_edits_group_weights(corpus, researcher):
     assert res.status_code == 302
     assert _stored(campaign)["criteria_weights"] == {
         "empathy": 2.0, "appropriateness": 1.0, "engagement": 1.0, "naturalness": 1.0}
+
+
+# -- duplicate sources and integers beyond their columns ----------------------------------------
+
+def test_the_api_refuses_a_source_listed_twice(corpus, researcher):
+    from annotation.models import Campaign
+
+    body = {"name": "Dup", "slug": "dup", "dataset": corpus.name,
+            "split": corpus.episodes.first().split,
+            "sources": [{"kind": "ground_truth"}, {"kind": "baseline", "name": "jitter"},
+                        {"kind": "ground_truth"}]}
+    res = client_for(researcher).post(reverse("annotation:api-campaigns"), body,
+                                      content_type="application/json")
+    assert res.status_code == 400, res.content
+    assert res.json()["field"] == "sources"
+    assert "sources[2]" in res.json()["detail"] and "repeats sources[0]" in res.json()["detail"]
+    assert not Campaign.objects.exists()
+
+
+def test_the_campaign_form_refuses_a_source_listed_twice(corpus, researcher):
+    from annotation.models import Campaign
+
+    res = client_for(researcher).post(reverse("annotation:campaign-new"), {
+        "name": "Form study", "slug": "form-study", "dataset": corpus.name,
+        "split": corpus.episodes.first().split, "sources": ["ground_truth", "ground_truth"],
+        "samples": 1, "protocol": "pairwise", "group_size": 5, "overlap": 3,
+        "target_items": 10, "per_rater_limit": 10, "gold_rate": 0.1, "catch_rate": 0.05,
+        "repeat_rate": 0.05})
+    assert res.status_code != 302
+    assert "repeats sources[0]" in res.content.decode()
+    assert not Campaign.objects.exists()
+
+
+_HUGE_CREATE = ["per_rater_limit", "overlap", "target_items", "group_size", "lease_seconds",
+                "warn_after", "block_after"]
+
+
+@pytest.mark.parametrize("field", _HUGE_CREATE)
+def test_the_api_refuses_an_integer_beyond_its_column_on_create(corpus, researcher, field):
+    from annotation.models import Campaign
+
+    body = {"name": "Big", "slug": "big", "dataset": corpus.name, "sources": SOURCES,
+            "split": corpus.episodes.first().split, field: 2**31}
+    res = client_for(researcher).post(reverse("annotation:api-campaigns"), body,
+                                      content_type="application/json")
+    assert res.status_code == 400, res.content
+    assert res.json()["field"] == field and res.json()["detail"].startswith(f"{field}: ")
+    assert not Campaign.objects.exists()
+
+
+@pytest.mark.parametrize("field", _HUGE_CREATE)
+def test_the_api_refuses_an_integer_beyond_its_column_on_patch(corpus, researcher, field):
+    campaign = make_campaign(corpus, start=False, created_by=researcher)
+    before = _stored(campaign)
+    res = client_for(researcher).patch(reverse("annotation:api-campaign", args=[campaign.slug]),
+                                       {field: 2**31}, content_type="application/json")
+    assert res.status_code == 400, res.content
+    assert res.json()["field"] == field
+    assert _stored(campaign) == before
+
+
+def test_the_api_and_the_page_refuse_an_invite_beyond_its_column(corpus, researcher):
+    campaign = make_campaign(corpus, start=False, created_by=researcher)
+    c = client_for(researcher)
+    res = c.post(reverse("annotation:api-campaign-invites", args=[campaign.slug]),
+                 {"max_uses": 2**31}, content_type="application/json")
+    assert res.status_code == 400, res.content
+    assert res.json()["field"] == "max_uses"
+    res = c.post(reverse("annotation:campaign", args=[campaign.slug]),
+                 {"action": "invite", "label": "big", "max_uses": str(2**31)})
+    assert res.status_code == 302
+    assert not Invite.objects.exists()
+
+
+@pytest.mark.parametrize("field", ["per_rater_limit", "warn_after", "block_after"])
+def test_the_settings_form_refuses_an_integer_beyond_its_column(corpus, researcher, field):
+    campaign = make_campaign(corpus, start=False, created_by=researcher)
+    url = reverse("annotation:campaign", args=[campaign.slug])
+    c = client_for(researcher)
+    form = c.get(url).context["settings_form"]
+    data = {"action": "settings"}
+    for name in form.fields:
+        value = form[name].value()
+        if value is True:
+            data[name] = "on"
+        elif value is not False:
+            data[name] = "" if value is None else value
+    before = _stored(campaign)
+    res = c.post(url, {**data, field: str(2**31)})
+    assert res.status_code == 400
+    assert res.context["settings_form"].errors[field]
+    assert _stored(campaign) == before
+
+
+def test_the_campaign_form_refuses_an_integer_beyond_its_column(corpus, researcher):
+    from annotation.models import Campaign
+
+    res = client_for(researcher).post(reverse("annotation:campaign-new"), {
+        "name": "Form study", "slug": "form-study", "dataset": corpus.name,
+        "split": corpus.episodes.first().split, "sources": ["ground_truth", "baseline:jitter"],
+        "samples": 1, "protocol": "pairwise", "group_size": 5, "overlap": 3,
+        "target_items": 2**31, "per_rater_limit": 2**31, "gold_rate": 0.1,
+        "catch_rate": 0.05, "repeat_rate": 0.05})
+    assert res.status_code != 302
+    assert res.context["form"].errors["per_rater_limit"]
+    assert not Campaign.objects.exists()

@@ -16,6 +16,7 @@ from annotation.services.campaigns import (
     campaign_delete,
     campaign_set_status,
     campaign_update,
+    invite_create,
 )
 from rendering.models import Clip
 from tests.annotation.conftest import SOURCES, enrol, fake_render, make_campaign
@@ -320,3 +321,56 @@ def test_an_update_waits_for_a_status_change_and_is_judged_against_it():
     (result,) = outcome
     assert isinstance(result, CampaignError) and "it is active" in str(result)
     assert Campaign.objects.get(pk=campaign.pk).consent_text == ""
+
+
+# -- duplicate sources and integers beyond their columns ----------------------------------------
+
+@pytest.mark.parametrize("sources, message", [
+    ([{"kind": "ground_truth"}, {"kind": "ground_truth"}],
+     r"sources\[1\] .* repeats sources\[0\]"),
+    ([{"kind": "ground_truth"}, {"kind": "baseline", "name": "jitter"},
+      {"kind": "baseline", "name": "jitter"}], r"sources\[2\] .* repeats sources\[1\]"),
+    # keys the builder does not read do not make another source: the same candidates are taken
+    ([{"kind": "baseline", "name": "jitter", "seed": 1},
+      {"kind": "baseline", "name": "jitter", "seed": 2, "samples": 1}],
+     r"sources\[1\] .* repeats sources\[0\]"),
+])
+def test_a_source_listed_twice_is_refused(corpus, sources, message):
+    # given sources of which two take the same candidates
+    options = {"name": "s", "slug": "s", "dataset": corpus, "sources": sources,
+               "episodes": list(corpus.episodes.all())}
+    # when the campaign is made, then it is refused by the sources field and nothing is made
+    with pytest.raises(CampaignError, match=message) as refused:
+        campaign_create(**options)
+    assert refused.value.field == "sources"
+    assert not Campaign.objects.exists() and not Item.objects.exists()
+    assert not Clip.objects.exists()
+
+
+def test_a_source_listed_twice_is_refused_by_an_update(corpus):
+    campaign = make_campaign(corpus, start=False)
+    Item.objects.filter(campaign=campaign).delete()
+    with pytest.raises(CampaignError, match=r"sources\[1\] .* repeats sources\[0\]"):
+        campaign_update(campaign=campaign, sources=[{"kind": "ground_truth"},
+                                                    {"kind": "ground_truth"}])
+    campaign.refresh_from_db()
+    assert campaign.sources == SOURCES
+
+
+@pytest.mark.parametrize("field", ["per_rater_limit", "overlap", "target_items", "group_size",
+                                   "lease_seconds", "warn_after", "block_after"])
+def test_an_integer_beyond_its_column_is_refused(corpus, field):
+    # a pairwise campaign does not use group_size, but stores it
+    options = {"name": "s", "slug": "s", "dataset": corpus, "sources": SOURCES,
+               "episodes": list(corpus.episodes.all()), field: 2**31}
+    with pytest.raises(CampaignError, match=f"^{field}: ") as refused:
+        campaign_create(**options)
+    assert refused.value.field == field
+    assert not Campaign.objects.exists()
+
+
+def test_an_invite_beyond_its_column_is_refused(corpus):
+    campaign = make_campaign(corpus, start=False)
+    with pytest.raises(CampaignError, match="^max_uses: ") as refused:
+        invite_create(campaign=campaign, max_uses=2**31)
+    assert refused.value.field == "max_uses" and not campaign.invites.exists()

@@ -195,3 +195,53 @@ def test_a_body_over_the_limit_is_refused_whichever_door(campaign, rating_door, 
                   door="django")  # the fast path leaves a body over the limit to Django
     assert res.status_code == 413 and "at most 1000" in res.json()["detail"], res.content
     assert not Judgment.objects.exists()
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+_ANSWER = '{"idempotency_key": "' + str(uuid.uuid4()) + '", "choice": "left", "decision_ms": 5, '
+
+
+@pytest.mark.parametrize("body", [
+    "[" * 100_000,
+    _ANSWER + '"playback": ' + _nested(100_000) + "}",
+    _ANSWER + '"playback": {"a": ' + _nested(100) + "}}",  # parses, but deeper than answers go
+], ids=["brackets", "past-the-parser", "past-the-limit"])
+def test_a_deeply_nested_answer_is_a_400_on_both_doors(campaign, rating_door, body):
+    # given: a rater with a lease
+    (user,) = enrol(campaign)
+    me = token_client(campaign, user, rating_door)
+    lease = me.post(reverse("annotation:api-next", args=[campaign.slug])).json()[
+        "assignments"][0]["id"]
+    # when: the answer nests past the limit (the fast path leaves it to Django)
+    reply = me.post(reverse("annotation:api-judgment", args=[lease]), body, door="django")
+    # then: refused by name, nothing stored
+    assert reply.status_code == 400, reply.content[:300]
+    assert reply.json()["error"] == "invalid"
+    assert "nested" in reply.json()["detail"]
+    assert not Judgment.objects.exists()
+
+
+def test_a_deeply_nested_campaign_is_a_400(researcher):
+    c = Client()
+    c.force_login(researcher)
+    for body in ("[" * 100_000, '{"name": "x", "sources": ' + _nested(100) + "}"):
+        reply = c.post(reverse("annotation:api-campaigns"), body,
+                       content_type="application/json")
+        assert reply.status_code == 400, reply.content[:300]
+        assert reply.json()["error"] == "invalid" and "nested" in reply.json()["detail"]
+
+
+def test_its_replies_are_not_stored_by_caches_as_djangos_are(campaign):
+    (user,) = enrol(campaign)
+    auth = rater_auth(campaign, user)
+    lease = Client(HTTP_AUTHORIZATION=auth).post(
+        reverse("annotation:api-next", args=[campaign.slug])).json()["assignments"][0]["id"]
+    url = reverse("annotation:api-heartbeat", args=[lease])
+    api = Client(HTTP_AUTHORIZATION=auth).post(url)
+    fast = WsgiClient(HTTP_AUTHORIZATION=auth).post(url)
+    assert fast.door == "fast-path"
+    assert "no-store" in fast["Cache-Control"] and "no-store" in api["Cache-Control"]
+    assert fast["Cache-Control"] == api["Cache-Control"]
