@@ -214,7 +214,10 @@ class CampaignAdmin(admin.ModelAdmin):
                            reverse("annotation:campaign", args=[obj.slug]))
 
 
-class _ReadOnly(admin.ModelAdmin):
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows only the services write: shown, never added, changed or deleted here (the feedback
+    app's admin uses it too)."""
+
     def has_add_permission(self, request) -> bool:
         return False
 
@@ -226,19 +229,19 @@ class _ReadOnly(admin.ModelAdmin):
 
 
 @admin.register(Item)
-class ItemAdmin(_ReadOnly):
+class ItemAdmin(ReadOnlyAdmin):
     list_display = ("id", "campaign", "episode", "probe", "size", "n_judgments", "priority")
     list_filter = ("probe", "campaign")
 
 
 @admin.register(Assignment)
-class AssignmentAdmin(_ReadOnly):
+class AssignmentAdmin(ReadOnlyAdmin):
     list_display = ("token", "campaign", "item", "rater", "probe", "status", "expires_at")
     list_filter = ("status", "probe", "campaign")
 
 
 @admin.register(Judgment)
-class JudgmentAdmin(_ReadOnly):
+class JudgmentAdmin(ReadOnlyAdmin):
     """Judgments are append-only: nobody edits or deletes them here."""
 
     list_display = ("id", "campaign", "item", "rater", "probe", "choice", "outcome",

@@ -54,3 +54,16 @@ def write_results(name: str, data: dict, path: str | Path | None = None) -> Path
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")
     return out
+
+
+def recreate_database(url: str) -> None:
+    """An empty PostgreSQL database at ``url`` (dropped first if it is there): a benchmark's
+    own, never a user's."""
+    import psycopg
+
+    base, name = url.rsplit("/", 1)
+    if not name.replace("_", "").isalnum():
+        raise SystemExit(f"unexpected database name {name!r}")
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')

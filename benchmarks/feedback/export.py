@@ -30,6 +30,8 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+from benchmarks.common import recreate_database
+
 ROOT = Path(__file__).resolve().parents[2]
 DB_NAME = "bc_bench_feedback"
 SLUG = "bench"
@@ -47,17 +49,6 @@ def _env(url: str, tmp: Path) -> dict[str, str]:
             "CELERY_FILESYSTEM_BROKER_DIR": str(tmp / "celery")}
 
 
-def _recreate(url: str) -> None:
-    import psycopg
-
-    base, name = url.rsplit("/", 1)
-    if not name.replace("_", "").isalnum():
-        raise SystemExit(f"unexpected database name {name!r}")
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
 def measure(*, quick: bool) -> dict:
     n = 20_000 if quick else 1_000_000
     url = os.environ.get("BENCH_FEEDBACK_DATABASE_URL",
@@ -66,7 +57,7 @@ def measure(*, quick: bool) -> dict:
         tmp = Path(name)
         env = _env(url, tmp)
         t0 = time.perf_counter()
-        _recreate(url)
+        recreate_database(url)
         subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], env=env,
                        cwd=ROOT, check=True)
         subprocess.run([sys.executable, "-m", "benchmarks.feedback.export", "--fill", str(n)],

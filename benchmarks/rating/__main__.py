@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 
 from benchmarks import rating
-from benchmarks.common import machine_info, write_results
+from benchmarks.common import machine_info, recreate_database, write_results
 from benchmarks.rating import report
 from benchmarks.rating.fixtures import (
     build_campaign,
     build_history,
     drop_history,
     environment,
-    recreate_database,
     reset_campaign,
 )
 from benchmarks.rating.in_process import framework_floor, sql_per_call

@@ -42,17 +42,6 @@ def environment(media_root: str) -> dict[str, str]:
     return env
 
 
-def recreate_database(url: str) -> None:
-    import psycopg
-
-    base, name = url.rsplit("/", 1)
-    if not name.replace("_", "").isalnum():
-        raise SystemExit(f"unexpected database name {name!r}")
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
 def build_campaign(*, episodes: int, items: int, seed: int) -> dict:
     """A synthetic corpus and one active pairwise campaign over it; returns its sizes."""
     import numpy as np

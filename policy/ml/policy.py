@@ -53,8 +53,8 @@ class Policy:
         """``config.k`` candidates for each episode: a list of ``(K, T_i, D)`` float32 arrays.
 
         Episodes need speaker inputs only (a listener, if present, is ignored). Overrides replace
-        fields of ``config`` (``policy.sample(eps, k=8, seed=3)``); see ``sample`` for how the
-        draws are made.
+        fields of ``config`` (``policy.sample(eps, k=8, seed=3)``); see
+        ``policy.ml.sample.sample_prepared`` for how the draws are made.
         """
         cfg = dataclasses.replace(config or SampleConfig(), **overrides)
         _, prepared = self.prepare(episodes)

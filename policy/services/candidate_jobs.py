@@ -28,7 +28,7 @@ from policy.tasks import CANDIDATES_TIME_LIMIT_S, generate_candidates_task
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test", "all")
+SPLITS = tuple(value for value, _ in CandidateJob.SPLITS)
 # Policy samples fill the bar up to here; the ground truth and the baselines come after.
 _SAMPLING_PERCENT = 95.0
 # A job still RUNNING this long after its claim outlived its worker's hard time limit: the worker

@@ -323,6 +323,8 @@ def test_train_and_test_never_share_an_episode(study):
             prompts = t.column("prompt").combine_chunks() if t is not None else None
             keys[(config, split)] = set(
                 prompts.field("episode_key").to_pylist()) if prompts is not None else set()
+    # every split has rows (with a test fraction of one half), so the checks below see some
+    assert all(keys.values()), {k: len(v) for k, v in keys.items()}
     assert not keys[("pairs", "train")] & keys[("pairs", "test")]
     assert not keys[("unpaired", "train")] & keys[("unpaired", "test")]
     dataset = campaign.dataset.name
@@ -330,6 +332,7 @@ def test_train_and_test_never_share_an_episode(study):
         assert all(export.episode_split(dataset, k, 0.5) == split for k in found)
     # ties carry their episode's split too
     ties = table(folder, "pairs", "tie")
+    assert ties is not None and ties.num_rows
     assert set(ties.column("episode_split").to_pylist()) <= {"train", "test"}
 
 

@@ -40,14 +40,16 @@ class Command(BaseCommand):
         which = str(opts["episodes"])
         selection: dict = {}
         if which in SPLITS:
-            selection = {"split": which, "limit": opts["limit"] or None}
+            selection = {"split": which, "limit": opts["limit"]}
         else:
             keys = [k.strip() for k in which.split(",") if k.strip()]
             episodes = list(version.dataset.episodes.filter(key__in=keys).order_by("key"))
             missing = set(keys) - {e.key for e in episodes}
             if missing:
                 raise CommandError(f"no such episodes in {version.dataset.name}: {sorted(missing)}")
-            selection = {"episodes": episodes[: opts["limit"]] if opts["limit"] else episodes}
+            if opts["limit"] is not None:
+                episodes = episodes[: opts["limit"]]
+            selection = {"episodes": episodes}
         try:
             job = candidate_job_create(
                 version=version,
