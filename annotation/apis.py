@@ -331,7 +331,8 @@ class CampaignPatch(CampaignInput):
         return {k: v for k, v in fields.items() if k not in _MADE_ONCE}
 
 
-def _invalid(serializer) -> Response:
+def invalid_reply(serializer) -> Response:
+    """400 naming the first field a serializer refused (the feedback app's APIs use it too)."""
     field, problems = next(iter(serializer.errors.items()))
     problem = problems[0] if isinstance(problems, list) else problems
     return Response({"error": "invalid", "detail": f"{field}: {problem}", "field": field},
@@ -357,7 +358,7 @@ class CampaignListApi(APIView):
     def post(self, request) -> Response:
         data = CampaignInput(data=request.data)
         if not data.is_valid():
-            return _invalid(data)
+            return invalid_reply(data)
         fields = dict(data.validated_data)
         dataset = Dataset.objects.filter(name=fields.pop("dataset")).first()
         if dataset is None:
@@ -392,7 +393,7 @@ class CampaignDetailApi(APIView):
         campaign = self._get(request, slug)
         data = CampaignPatch(data=request.data, partial=True)
         if not data.is_valid():
-            return _invalid(data)
+            return invalid_reply(data)
         for key in request.data:
             if key not in data.fields:
                 reason = FIXED.get(key) or (
@@ -473,7 +474,7 @@ class InviteApi(APIView):
             raise NotFound("no such campaign")
         data = self.InviteInputSerializer(data=request.data)
         if not data.is_valid():
-            return _invalid(data)
+            return invalid_reply(data)
         try:
             invite = invite_create(campaign=campaign, created_by=request.user,
                                    **data.validated_data)

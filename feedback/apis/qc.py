@@ -12,7 +12,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation.apis import IsResearcher
+from annotation.apis import IsResearcher, invalid_reply
 from annotation.models import Campaign, Enrollment
 from annotation.selectors import campaign_get_for
 from feedback.services.qc import (
@@ -81,9 +81,7 @@ class RaterStatusApi(APIView):
             raise NotFound("no such rater in this campaign")
         data = self.InputSerializer(data=request.data)
         if not data.is_valid():
-            field, problems = next(iter(data.errors.items()))
-            return Response({"error": "invalid", "detail": f"{field}: {problems[0]}",
-                             "field": field}, status=400)
+            return invalid_reply(data)
         try:
             decision = qc_override(enrollment=enrollment, user=request.user,
                                    **data.validated_data)

@@ -17,7 +17,7 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation.apis import IsResearcher
+from annotation.apis import IsResearcher, invalid_reply
 from feedback import export
 from feedback.models import Snapshot
 from feedback.services.snapshots import (
@@ -94,10 +94,7 @@ class SnapshotListApi(APIView):
     def post(self, request) -> Response:
         data = SnapshotInput(data=request.data)
         if not data.is_valid():
-            field, problems = next(iter(data.errors.items()))
-            problem = problems[0] if isinstance(problems, list) else problems
-            return Response({"error": "invalid", "detail": f"{field}: {problem}",
-                             "field": field}, status=400)
+            return invalid_reply(data)
         filters = dict(data.validated_data)
         name = filters.pop("name", "")
         try:
