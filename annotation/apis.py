@@ -30,7 +30,6 @@ from annotation.rater_calls import (
     call_heartbeat,
     call_judgment,
     call_next,
-    error,
     refused,
 )
 from annotation.roles import is_researcher
@@ -58,10 +57,6 @@ from policy.models import Dataset
 def _reply(reply: Reply) -> Response:
     status_code, body = reply
     return Response(body, status=status_code)
-
-
-def _error(status_code: int, code: str, message: str) -> Response:
-    return _reply(error(status_code, code, message))
 
 
 class IsResearcher(BasePermission):

@@ -45,7 +45,10 @@ def loads(text: str, **kwargs) -> object:
         value = json.loads(text, **kwargs)
     except RecursionError:
         raise TooDeep from None
-    depth_check(value)
+    # Nesting past MAX_DEPTH needs more brackets than that (counted in C, strings included):
+    # the rate page's answers, a few levels deep, are not walked.
+    if text.count("[") + text.count("{") > MAX_DEPTH:
+        depth_check(value)
     return value
 
 

@@ -146,8 +146,8 @@ FLAME_MODEL_PATH = env("FLAME_MODEL_PATH", default="")
 RENDER_GL_PLATFORM = env("RENDER_GL_PLATFORM", default="")
 # Lifetime of signed clip URLs shown to raters.
 CLIP_URL_MAX_AGE_S = env.int("CLIP_URL_MAX_AGE_S", default=900)
-# The rating calls' database work in PostgreSQL functions (one round trip each; see
-# annotation/migrations/0003_rating_functions.py). Off: the portable statements, as on SQLite.
+# The rating calls' database work in PostgreSQL functions (annotation/sql/, one file each; an
+# answer takes two calls, next and heartbeat one). Off: the portable statements, as on SQLite.
 RATING_DB_FUNCTIONS = env.bool("RATING_DB_FUNCTIONS", default=True)
 # The rate page's calls answered in front of Django (annotation/fastpath.py).
 RATING_FAST_PATH = env.bool("RATING_FAST_PATH", default=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import uuid
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
@@ -167,18 +167,17 @@ def _decide(context: _Context, answer: rules.Answer, *, top_up: bool) -> _Decisi
     block = bool(failed) and not seat.blocked and rules.blocks(
         probes_failed=seat.probes_failed + failed, block_after=seat.block_after)
     probes = None
-    if top_up:
-        seat_after = _counted(seat, passed=passed, failed=failed, block=block)
+    if top_up and db_functions():  # (the portable path tops up on its own, after the store)
+        seat_after = _counted(seat, failed=failed, block=block)
         if seat_after.state == "rating":
             probes = seat_probe_draws(seat_after)
     return _Decision(meaning, qc, passed, failed, block, probes)
 
 
-def _counted(seat: Seat, *, passed: int, failed: int, block: bool) -> Seat:
+def _counted(seat: Seat, *, failed: int, block: bool) -> Seat:
     """The seat as the answer leaves it (by the counters read before it)."""
-    return Seat(**{**seat.__dict__, "n_judgments": seat.n_judgments + 1,
-                   "probes_failed": seat.probes_failed + failed,
-                   "blocked": seat.blocked or block})
+    return replace(seat, n_judgments=seat.n_judgments + 1,
+                   probes_failed=seat.probes_failed + failed, blocked=seat.blocked or block)
 
 
 def judgment_submit(
@@ -244,6 +243,7 @@ def _after(rater, seat: Seat, judgment: Judgment, decision: _Decision, *,
     if decision.block:
         logger.warning("rater %s blocked in campaign %s after %d failed probes", rater.pk,
                        seat.campaign_id, seat.probes_failed)
+        seat_stop_serving(seat, block=False)  # the preloaded item goes to others at once
     elif not seat.blocked and decision.failed and rules.blocks(
             probes_failed=seat.probes_failed, block_after=seat.block_after):
         seat_stop_serving(seat, block=True)
@@ -267,11 +267,11 @@ def _counters_again(seat: Seat) -> None:
         seat.n_judgments, seat.probes_failed, seat.blocked = row
 
 
-def _judgment(context: _Context, key: uuid.UUID, answer: rules.Answer, decision: _Decision,
-              pk: int | None = None) -> Judgment:
+def _judgment(context: _Context, key: uuid.UUID, answer: rules.Answer,
+              decision: _Decision) -> Judgment:
     meaning = decision.meaning
     return Judgment(
-        pk=pk, idempotency_key=key, assignment_id=context.lease_id,
+        idempotency_key=key, assignment_id=context.lease_id,
         campaign_id=context.seat.campaign_id, item_id=context.item_id,
         rater_id=context.lease_rater_id, probe=context.probe, order=context.order,
         choice=meaning.choice, outcome=meaning.outcome, strength=meaning.strength,

@@ -9,8 +9,9 @@ submission increments the item's judgment count under the same lock. A lease is 
 ``expires_at`` is in the future; every heartbeat moves it ``lease_seconds`` ahead, so an
 abandoned page loses its items within that time (no fixed day-long locks).
 
-Two paths do this work: on PostgreSQL, one call per request to the functions in
-``annotation/sql`` (a round trip there costs more than the statements); elsewhere, and with
+Two paths do this work: on PostgreSQL, the functions in ``annotation/sql`` (one call for next
+and heartbeat, two for an answer: its lease's context, then the store; a round trip there costs
+more than the statements); elsewhere, and with
 ``RATING_DB_FUNCTIONS`` off, the portable statements below, step by step in the same order. Both
 ask ``annotation.rules`` for every decision (whether a rater is served, the probe kinds, the lease
 checks) and read rows by column name.

@@ -286,3 +286,22 @@ def test_a_rater_blocked_by_an_answer_in_another_tab_loses_the_leases_it_was_giv
     enrollment = user.enrollments.get()
     assert enrollment.blocked and enrollment.probes_failed == 2
     assert not Assignment.objects.filter(rater=user, status=AssignmentStatus.ACTIVE).exists()
+
+
+def test_a_rater_blocked_by_their_answer_lets_go_of_the_preloaded_item(corpus, monkeypatch):
+    # given: a rater served catch trials, one failure from being blocked, holding two leases
+    import annotation.services.scheduling as scheduling
+
+    monkeypatch.setattr(scheduling, "probe_numbers", lambda: [0.01] * PREFETCH)
+    campaign = make_campaign(corpus, overlap=3, catch_rate=0.5, warn_after=1,
+                             block_after=1)
+    (user,) = enrol(campaign)
+    answer(user, assignments_next(rater=user, campaign_slug=campaign.slug).assignments[0])
+    leases = assignments_next(rater=user, campaign_slug=campaign.slug).assignments
+    assert len(leases) == PREFETCH
+    catch = next(a for a in leases if a.probe == Probe.CATCH)
+    # when the answer fails the catch trial
+    submitted = answer(user, catch, "left", top_up=True)
+    # then the rater is blocked and holds nothing: the other item is free for others
+    assert submitted.next.state == "blocked"
+    assert not Assignment.objects.filter(rater=user, status=AssignmentStatus.ACTIVE).exists()
