@@ -35,6 +35,8 @@ class EpisodeData:
     video: np.ndarray | None = None  # (T, 3, H, W) uint8 speaker frames
     split: str = "train"
     meta: dict = field(default_factory=dict)
+    reference: np.ndarray | None = None  # (T, D) the rule-following listener, where the corpus
+    #   keeps one beside a mixed-quality ground truth: held-out L2 / FD are measured against it
 
     @property
     def n_frames(self) -> int:
@@ -57,6 +59,7 @@ def episode_from(obj: Any) -> EpisodeData:
         video=video if isinstance(video, np.ndarray) else None,  # files are decoded upstream
         split=str(getattr(obj, "split", "train")),
         meta=dict(getattr(obj, "meta", None) or {}),
+        reference=getattr(obj, "reference", None),
     )
 
 
