@@ -232,7 +232,18 @@ CELERY_BEAT_SCHEDULE = {
         "task": "feedback.tasks_qc.qc_enqueue_due_task",
         "schedule": 60.0,
     },
+    "requeue-stale-round-steps": {  # a step whose worker died resumes from its checkpoints
+        "task": "feedback.tasks_rounds.round_reap_task",
+        "schedule": 60.0,
+    },
+    "scheduled-rounds": {  # campaigns with a RoundSchedule and enough new trusted judgments
+        "task": "feedback.tasks_rounds.round_schedule_task",
+        "schedule": 300.0,
+    },
 }
+# A running round step renews its heartbeat every few seconds; one silent for this long has lost
+# its worker and is queued again.
+ROUND_STEP_STALE_S = env.int("ROUND_STEP_STALE_S", default=300)
 
 REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

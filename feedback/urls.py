@@ -8,4 +8,5 @@ urlpatterns = [
     path("", include("feedback.urls_qc")),
     path("", include("feedback.urls_ratings")),
     path("", include("feedback.urls_snapshots")),
+    path("", include("feedback.urls_rounds")),
 ]
