@@ -44,6 +44,7 @@ from annotation.services.campaigns import (
     CampaignInUse,
     campaign_create,
     campaign_delete,
+    campaign_sampling_progress,
     campaign_set_status,
     campaign_update,
     invite_create,
@@ -349,7 +350,9 @@ class CampaignListApi(APIView):
         return Response(CampaignOutput(campaign_list_for(request.user), many=True).data)
 
     @extend_schema(request=CampaignInput, responses={201: CampaignOutput, 400: _ERRORS[400]},
-                   summary="Make a campaign (draft) with its items; clips are queued")
+                   summary="Make a campaign (draft) with its items; clips are queued. Missing "
+                           "candidates are sampled first: `built.sampling_jobs` lists the "
+                           "jobs, and the items come when they finish (see progress)")
     def post(self, request) -> Response:
         data = CampaignInput(data=request.data)
         if not data.is_valid():
@@ -365,7 +368,8 @@ class CampaignListApi(APIView):
             return _refused(exc)
         body = CampaignOutput(build.campaign).data
         body["built"] = {"items": build.items, "gold": build.gold, "catch": build.catch,
-                         "clips": build.clips, "skipped": build.skipped[:50]}
+                         "clips": build.clips, "skipped": build.skipped[:50],
+                         "sampling_jobs": [j.pk for j in build.jobs]}
         return Response(body, status=201)
 
 
@@ -422,13 +426,17 @@ class CampaignProgressApi(APIView):
         "items": serializers.IntegerField(), "judgments": serializers.IntegerField(),
         "judgments_needed": serializers.IntegerField(), "live_leases": serializers.IntegerField(),
         "probes": serializers.DictField(), "raters": serializers.DictField(),
-        "clips": serializers.DictField(), "ratings": serializers.DictField()}),
+        "clips": serializers.DictField(), "ratings": serializers.DictField(),
+        "sampling": serializers.DictField(allow_null=True, help_text=(
+            "the candidate jobs the campaign waits for, each with its progress; null when it "
+            "was built from candidates that existed"))}),
         summary="Progress, live leases, probe results and current ratings")
     def get(self, request, slug: str) -> Response:
         campaign = campaign_get_for(request.user, slug)
         if campaign is None:
             raise NotFound("no such campaign")
-        return Response(campaign_progress(campaign))
+        return Response({**campaign_progress(campaign),
+                         "sampling": campaign_sampling_progress(campaign)})
 
 
 class CampaignStatusApi(APIView):

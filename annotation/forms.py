@@ -21,8 +21,10 @@ class CampaignForm(forms.Form):
     slug = forms.SlugField(max_length=100, help_text="short name used in links")
     dataset = forms.ModelChoiceField(Dataset.objects.order_by("name"), to_field_name="name")
     split = forms.ChoiceField(choices=[("test", "test"), ("val", "val"), ("train", "train")])
-    sources = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple,
-                                        help_text="candidates to compare")
+    sources = forms.MultipleChoiceField(
+        widget=forms.CheckboxSelectMultiple,
+        help_text="candidates to compare; a policy version's missing candidates are sampled "
+                  "first (on the gpu workers), and the items are built when they are")
     samples = forms.IntegerField(min_value=1, max_value=8, initial=1,
                                  help_text="samples per policy version and episode")
     protocol = forms.ChoiceField(choices=Protocol.choices)
@@ -40,9 +42,16 @@ class CampaignForm(forms.Form):
                                    help_text="e.g. PROLIFIC_PID for crowd entry")
     completion_url = forms.URLField(required=False, assume_scheme="https")
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, version: str = "", **kwargs) -> None:
+        """``version``: a policy version's name, whose source is ticked and whose dataset is
+        chosen (a link "new campaign from this version": ``/campaigns/new/?version=<name>``)."""
         super().__init__(*args, **kwargs)
         self.fields["sources"].choices = source_choices()
+        chosen = PolicyVersion.objects.select_related("dataset").filter(name=version).first() \
+            if version else None
+        if chosen is not None:
+            self.initial.setdefault("sources", [f"policy:{chosen.name}"])
+            self.initial.setdefault("dataset", chosen.dataset)
 
     def campaign_kwargs(self) -> dict:
         data = dict(self.cleaned_data)

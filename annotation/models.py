@@ -13,7 +13,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 
-from policy.models import Candidate, Dataset, Episode
+from policy.models import Candidate, CandidateJob, Dataset, Episode
 from rendering.models import Clip
 
 
@@ -121,6 +121,35 @@ class Campaign(models.Model):
     @property
     def weights(self) -> dict[str, float]:
         return criteria_weights_read(self.criteria_weights)
+
+
+class SamplingStatus(models.TextChoices):
+    SAMPLING = "sampling"  # candidate jobs queued or running; the items are built after them
+    FAILED = "failed"  # a job failed, or the items could not be built: ``error`` says which
+    DONE = "done"  # every job succeeded and the items were built
+
+
+class CampaignSampling(models.Model):
+    """What a campaign made before its candidates existed waits for: candidate jobs on the
+    ``gpu`` workers. When the last one succeeds, the worker that ran it builds the campaign's
+    items from the episodes and seed kept here (``campaign_sampling_settle``)."""
+
+    campaign = models.OneToOneField(Campaign, on_delete=models.CASCADE, related_name="sampling")
+    status = models.CharField(max_length=8, choices=SamplingStatus.choices,
+                              default=SamplingStatus.SAMPLING)
+    # A retried job replaces the failed one here; the failed row stays in the job list.
+    jobs = models.ManyToManyField(CandidateJob, related_name="+")
+    episode_ids = models.JSONField(default=list, help_text="what the items are built from, "
+                                                           "in the build's order")
+    seed = models.BigIntegerField(default=0, help_text="the build's seed")
+    error = models.TextField(blank=True)
+    built = models.JSONField(default=dict, blank=True,
+                             help_text="what the build made: items, gold, catch, clips, skipped")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"sampling for {self.campaign} ({self.status})"
 
 
 class Probe(models.TextChoices):

@@ -20,7 +20,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from annotation.forms import CampaignForm, CampaignSettingsForm
-from annotation.models import CRITERIA, Invite, Judgment, Protocol
+from annotation.models import CRITERIA, CampaignStatus, Invite, Judgment, Protocol, SamplingStatus
 from annotation.pages import campaign_links
 from annotation.roles import is_researcher
 from annotation.selectors import (
@@ -38,7 +38,10 @@ from annotation.services.campaigns import (
     CampaignError,
     campaign_create,
     campaign_delete,
+    campaign_sampling_progress,
+    campaign_sampling_retry,
     campaign_set_status,
+    campaign_start_refusal,
     campaign_update,
     invite_create,
 )
@@ -164,16 +167,24 @@ def campaign_list(request: HttpRequest) -> HttpResponse:
 def campaign_new(request: HttpRequest) -> HttpResponse:
     if (denied := _researcher(request)) is not None:
         return denied
-    form = CampaignForm(request.POST or None)
+    form = CampaignForm(request.POST or None, version=request.GET.get("version", ""))
     if request.method == "POST" and form.is_valid():
         try:
             build = campaign_create(created_by=request.user, **form.campaign_kwargs())
         except CampaignError as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, f"{build.items} items, {build.gold} gold and "
-                                      f"{build.catch} catch items; {build.clips} clips queued "
-                                      "for rendering.")
+            if build.jobs:
+                versions = ", ".join(sorted({j.version.name for j in build.jobs}))
+                n = len(build.jobs)
+                messages.success(request, f"Sampling the missing candidates of {versions} "
+                                          f"first ({n} job{'s' if n > 1 else ''} on the gpu "
+                                          "queue); the items are built and their clips queued "
+                                          "for rendering when they finish.")
+            else:
+                messages.success(request, f"{build.items} items, {build.gold} gold and "
+                                          f"{build.catch} catch items; {build.clips} clips "
+                                          "queued for rendering.")
             for line in build.skipped[:5]:
                 messages.warning(request, f"skipped {line}")
             return redirect("annotation:campaign", slug=build.campaign.slug)
@@ -210,6 +221,15 @@ def campaign_detail(request: HttpRequest, slug: str) -> HttpResponse:
             elif action == "status":
                 campaign_set_status(campaign=campaign, status=request.POST.get("status", ""))
                 messages.success(request, f"Campaign {request.POST.get('status')}.")
+            elif action == "retry-sampling":
+                sampling = campaign_sampling_retry(campaign=campaign, user=request.user)
+                if sampling.status == SamplingStatus.FAILED:
+                    messages.error(request, sampling.error)
+                elif sampling.status == SamplingStatus.DONE:
+                    messages.success(request, "Items built; their clips are queued for "
+                                              "rendering.")
+                else:
+                    messages.success(request, "The failed candidate jobs are queued again.")
             elif action == "delete":
                 campaign_delete(campaign=campaign)
                 messages.success(request, f"Campaign {slug} deleted.")
@@ -223,6 +243,14 @@ def campaign_detail(request: HttpRequest, slug: str) -> HttpResponse:
 def _campaign_page(request: HttpRequest, campaign, settings_form: CampaignSettingsForm,
                    status: int = 200) -> HttpResponse:
     progress = campaign_progress(campaign)
+    sampling = campaign_sampling_progress(campaign)
+    clips = progress["clips"]
+    # Reloaded while something the researcher waits for moves (the candidates, then the clips),
+    # unless it shows a form's errors.
+    preparing = status == 200 and campaign.status == CampaignStatus.DRAFT and (
+        (sampling is not None and sampling["status"] == SamplingStatus.SAMPLING
+         and not sampling["can_retry"])
+        or clips["rendered"] + clips["failed"] < clips["total"])
     invites = [(i, request.build_absolute_uri(reverse("annotation:invite", args=[i.token])))
                for i in campaign.invites.order_by("-created_at")]
     return render(request, "annotation/campaign_detail.html", {
@@ -232,7 +260,11 @@ def _campaign_page(request: HttpRequest, campaign, settings_form: CampaignSettin
         "ratings_plot": bar_plot_svg(progress["ratings"], title="Bradley–Terry log-strength "
                                      "by source (0 = average)") if progress["ratings"] else "",
         "sources_json": json.dumps(campaign.sources), "settings_form": settings_form,
-        "links": campaign_links(campaign.slug),
+        "links": campaign_links(campaign.slug), "sampling": sampling, "preparing": preparing,
+        "clips_percent": round(100.0 * clips["rendered"] / clips["total"], 1)
+        if clips["total"] else 0.0,
+        "start_refusal": campaign_start_refusal(campaign)
+        if campaign.status in (CampaignStatus.DRAFT, CampaignStatus.PAUSED) else "",
     }, status=status)
 
 

@@ -1,19 +1,52 @@
 """What items a campaign gets: candidate pools per episode, pairs or groups, gold and catch
 probes, and the clips they need (queued for rendering). Called by ``campaign_create`` once the
-campaign's settings are checked."""
+campaign's settings are checked.
+
+When candidates are missing, the campaign waits for them: ``sampling_plan`` says which to
+sample, ``sampling_start`` queues the candidate jobs, and ``campaign_sampling_settle`` builds
+the items once the jobs are done (called by the worker that finished the last one, through
+``annotation.receivers``) or records why it cannot.
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 
 import numpy as np
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import Count
+from django.utils import timezone
 
-from annotation.models import Campaign, Item, ItemMember, Probe, Protocol
-from annotation.services.campaign_settings import MAX_GROUP, refuse
-from policy.models import Candidate, CandidateSource, Dataset, Episode, PolicyVersion
+from annotation.models import (
+    Campaign,
+    CampaignSampling,
+    CampaignStatus,
+    Item,
+    ItemMember,
+    Probe,
+    Protocol,
+    SamplingStatus,
+)
+from annotation.services.campaign_settings import MAX_GROUP, CampaignError, refuse
+from policy.models import (
+    Candidate,
+    CandidateJob,
+    CandidateSource,
+    Dataset,
+    Episode,
+    JobStatus,
+    PolicyVersion,
+)
+from policy.services.candidate_jobs import (
+    JOB_BASELINES,
+    CandidateJobError,
+    candidate_job_create,
+)
 from policy.services.candidates import candidate_store_array
 from rendering import blobs
 from rendering.models import Clip, ClipKind
@@ -32,6 +65,25 @@ class CampaignBuild:
     catch: int = 0
     clips: int = 0
     skipped: list[str] = field(default_factory=list)  # "episode key: reason"
+    # Candidate jobs queued first: the items are built when they finish (none: built now).
+    jobs: list[CandidateJob] = field(default_factory=list)
+
+
+@dataclass
+class JobPlan:
+    """One candidate job to ask for: ``k`` samples of ``version`` on ``episodes`` (and
+    ``baselines`` there)."""
+
+    version: PolicyVersion
+    episodes: list[Episode]
+    k: int
+    baselines: list[str]
+
+
+@dataclass
+class SamplingPlan:
+    episodes: list[Episode]  # what the items are built from once the jobs are done, in order
+    jobs: list[JobPlan]
 
 
 def source_filter(source: dict, dataset: Dataset) -> tuple[dict, int]:
@@ -58,6 +110,79 @@ def source_filter(source: dict, dataset: Dataset) -> tuple[dict, int]:
     if not isinstance(name, str) or not name:
         raise refuse("sources", "a baseline source needs a name")
     return {"source": CandidateSource.BASELINE, "baseline": name}, samples
+
+
+def _short(dataset: Dataset, episodes: list[Episode], sources: list[dict]
+           ) -> list[tuple[dict, set[int]]]:
+    """Per source: the ids of the episodes where it has fewer candidates than it takes."""
+    out = []
+    for source in sources:
+        flt, samples = source_filter(source, dataset)
+        have = dict(Candidate.objects.filter(episode__in=episodes, **flt).order_by()
+                    .values("episode_id").annotate(n=Count("id")).values_list("episode_id", "n"))
+        out.append((source, {ep.pk for ep in episodes if have.get(ep.pk, 0) < samples}))
+    return out
+
+
+def _items_per_episode(campaign: Campaign, sources: list[dict]) -> int:
+    """Regular items one episode gives when every source has its candidates there."""
+    pool = sum(1 if s["kind"] == "ground_truth" else s.get("samples", 1) for s in sources)
+    if pool < 2:
+        return 0
+    return 1 if campaign.protocol == Protocol.GROUP else math.comb(pool, 2)
+
+
+def sampling_plan(*, campaign: Campaign, episodes: list[Episode], seed: int
+                  ) -> SamplingPlan | None:
+    """The candidate jobs to run before the campaign's items can be built, or None to build
+    them now (every episode has its candidates, or enough do for ``target_items``, or what is
+    missing cannot be sampled).
+
+    A policy version's missing samples are sampled (``k`` = the samples its source takes), and a
+    baseline the samplers know (``JOB_BASELINES``) is made by the first version's job. Episodes
+    that have everything come first; the rest are drawn with ``seed`` until there are enough
+    for ``target_items`` (and a tenth more, for episodes a build skips), so a campaign of 100
+    items over a split of thousands samples only the few dozen it uses. The ground truth is
+    not planned: it needs no sampling (``campaign_create`` stores it).
+    """
+    dataset, sources = campaign.dataset, campaign.sources
+    short = _short(dataset, episodes, sources)
+    missing: set[int] = set().union(*(ids for _, ids in short))
+    per_episode = _items_per_episode(campaign, sources)
+    policy = [s for s in sources if s["kind"] == "policy"]
+    if not missing or not per_episode:
+        return None
+
+    def can_sample(source: dict) -> bool:
+        return source["kind"] == "policy" or (
+            source["kind"] == "baseline" and source["name"] in JOB_BASELINES and bool(policy))
+
+    unreachable: set[int] = set().union(*(ids for s, ids in short if not can_sample(s)))
+    complete = [ep for ep in episodes if ep.pk not in missing]
+    sampleable = [ep for ep in episodes if ep.pk in missing and ep.pk not in unreachable]
+    needed = math.ceil(campaign.target_items / per_episode)
+    needed += max(1, needed // 10)
+    if not sampleable or len(complete) >= needed:
+        return None
+    random.Random(seed).shuffle(sampleable)
+    chosen = complete + sampleable[: needed - len(complete)]
+    ids = {ep.pk for ep in chosen}
+    baselines = [(s["name"], got & ids) for s, got in short
+                 if s["kind"] == "baseline" and got & ids]
+    jobs = []
+    for source, got in short:
+        if source["kind"] != "policy":
+            continue
+        todo, names = got & ids, []
+        if source is policy[0]:  # baselines depend on the corpus only: one job makes them
+            names = [name for name, _ in baselines]
+            todo = todo.union(*(b for _, b in baselines))
+        if todo:
+            flt, samples = source_filter(source, dataset)
+            jobs.append(JobPlan(version=flt["policy_version"],
+                                episodes=[ep for ep in chosen if ep.pk in todo],
+                                k=samples, baselines=names))
+    return SamplingPlan(episodes=chosen, jobs=jobs)
 
 
 def _pools(dataset: Dataset, episodes: list[Episode], sources: list[dict]
@@ -133,8 +258,9 @@ def campaign_items_build(*, campaign: Campaign, episodes: list[Episode], seed: i
             del pools[ep.pk]
     usable = [ep for ep in episodes if ep.pk in pools]
     if not usable:
-        raise refuse("episodes", "no episode has candidates from every source; generate "
-                                 "them first (manage.py generate_candidates)")
+        raise refuse("episodes", "no episode has candidates from every source (missing "
+                                 "ones are sampled for policy versions and the baselines "
+                                 f"{', '.join(JOB_BASELINES)}; store other baselines first)")
     rng.shuffle(usable)
 
     clips: dict[int, Clip] = {}  # candidate id -> clip
@@ -192,3 +318,157 @@ def campaign_items_build(*, campaign: Campaign, episodes: list[Episode], seed: i
                 campaign.slug, build.items, build.gold, build.catch, build.clips,
                 len(build.skipped))
     return build
+
+
+# -- campaigns waiting for candidates -------------------------------------------------------
+
+def sampling_start(*, campaign: Campaign, plan: SamplingPlan, seed: int,
+                   user: AbstractBaseUser | None) -> CampaignBuild:
+    """Record what a new campaign waits for and queue its candidate jobs (on the ``gpu``
+    workers once the caller's transaction commits)."""
+    sampling = CampaignSampling.objects.create(
+        campaign=campaign, episode_ids=[ep.pk for ep in plan.episodes], seed=seed)
+    jobs = []
+    for job in plan.jobs:
+        try:
+            jobs.append(candidate_job_create(
+                version=job.version, episodes=job.episodes, k=job.k, seed=seed,
+                ground_truth=False,  # stored by campaign_create: it needs no sampling
+                baselines=job.baselines, user=user))
+        except CandidateJobError as exc:
+            raise refuse("sources", f"sampling {job.version.name}: {exc}") from None
+    sampling.jobs.set(jobs)
+    logger.info("campaign %s: waits for candidate jobs %s over %d episodes", campaign.slug,
+                ", ".join(f"#{j.pk} ({j.version.name}, k={j.k})" for j in jobs),
+                len(plan.episodes))
+    return CampaignBuild(campaign, jobs=jobs)
+
+
+def campaign_sampling_advance(*, job_id: int) -> None:
+    """A candidate job finished: settle every campaign waiting for it. Called in the process
+    that ran the job, after it committed (``annotation.receivers``)."""
+    waiting = list(CampaignSampling.objects.filter(jobs=job_id, status=SamplingStatus.SAMPLING)
+                   .values_list("campaign_id", flat=True))
+    for campaign_id in waiting:
+        try:
+            campaign_sampling_settle(campaign_id=campaign_id)
+        except Exception as exc:
+            # Rolled back whole; recorded so the page shows it and offers to try again,
+            # rather than waiting for jobs that have all finished.
+            logger.exception("campaign #%s: building the items after job %s failed",
+                             campaign_id, job_id)
+            CampaignSampling.objects.filter(
+                campaign_id=campaign_id, status=SamplingStatus.SAMPLING).update(
+                status=SamplingStatus.FAILED, finished_at=timezone.now(),
+                error=f"building the items: internal error: {exc!r}")
+
+
+@transaction.atomic
+def campaign_sampling_settle(*, campaign_id: int) -> CampaignSampling | None:
+    """Build the items of a campaign whose candidate jobs have all succeeded and queue their
+    clips, or record why not (a job failed). While a job is queued or running it changes
+    nothing. Under the campaign's row lock: of two jobs finishing at once, one builds and the
+    other finds it built."""
+    campaign = Campaign.objects.select_for_update(no_key=True).filter(pk=campaign_id).first()
+    if campaign is None:
+        return None  # deleted while its candidates were sampled
+    sampling = CampaignSampling.objects.filter(campaign=campaign).first()
+    if sampling is None or sampling.status != SamplingStatus.SAMPLING:
+        return sampling
+    return _settle(campaign, sampling)
+
+
+def _settle(campaign: Campaign, sampling: CampaignSampling) -> CampaignSampling:
+    """``campaign_sampling_settle`` once the row is locked and the sampling is running."""
+    jobs = list(sampling.jobs.select_related("version").order_by("pk"))
+    failed = [j for j in jobs if j.status == JobStatus.FAILED]
+    if not failed and any(j.status != JobStatus.SUCCEEDED for j in jobs):
+        return sampling
+    if failed:
+        sampling.status = SamplingStatus.FAILED
+        sampling.error = "; ".join(f"sampling {j.version.name} failed (candidate job #{j.pk}): "
+                                   f"{j.error}" for j in failed)
+    elif campaign.status == CampaignStatus.CLOSED:
+        sampling.status = SamplingStatus.FAILED
+        sampling.error = "the campaign was closed before its candidates were sampled; no " \
+                         "items were built"
+    else:
+        by_id = Episode.objects.in_bulk(sampling.episode_ids)
+        episodes = [by_id[i] for i in sampling.episode_ids if i in by_id]
+        try:
+            with transaction.atomic():  # a refused build leaves none of its items
+                build = campaign_items_build(campaign=campaign, episodes=episodes,
+                                             seed=sampling.seed)
+        except CampaignError as exc:
+            sampling.status = SamplingStatus.FAILED
+            sampling.error = f"building the items: {exc}"
+        else:
+            sampling.status, sampling.error = SamplingStatus.DONE, ""
+            sampling.built = {"items": build.items, "gold": build.gold, "catch": build.catch,
+                              "clips": build.clips, "skipped": build.skipped[:50]}
+    sampling.finished_at = timezone.now()
+    sampling.save(update_fields=["status", "error", "built", "finished_at"])
+    if sampling.status == SamplingStatus.DONE:
+        logger.info("campaign %s: candidates sampled, %d items built", campaign.slug,
+                    sampling.built["items"])
+    else:
+        logger.warning("campaign %s: %s", campaign.slug, sampling.error)
+    return sampling
+
+
+@transaction.atomic
+def campaign_sampling_retry(*, campaign: Campaign, user: AbstractBaseUser | None = None
+                            ) -> CampaignSampling:
+    """Ask again for the candidate jobs that failed: new jobs with the same settings, which
+    sample only what the failed ones did not store. Then settle at once, so a campaign whose
+    jobs have all succeeded (its build was refused, or the news of its last job was lost) is
+    built now."""
+    campaign = Campaign.objects.select_for_update(no_key=True).filter(pk=campaign.pk).first()
+    if campaign is None:
+        raise CampaignError("the campaign no longer exists")
+    sampling = CampaignSampling.objects.filter(campaign=campaign).first()
+    if sampling is None or sampling.status == SamplingStatus.DONE:
+        raise refuse("sampling", "the campaign waits for no candidates")
+    if campaign.status == CampaignStatus.CLOSED:
+        raise refuse("status", "a closed campaign stays closed")
+    jobs = list(sampling.jobs.select_related("version").order_by("pk"))
+    failed = [j for j in jobs if j.status == JobStatus.FAILED]
+    running = [j for j in jobs if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
+    if not failed and running:
+        raise refuse("sampling", f"{len(running)} of {len(jobs)} candidate jobs are still "
+                                 "queued or running, and none failed: nothing to retry")
+    for job in failed:
+        try:
+            again = candidate_job_create(
+                version=job.version, episodes=list(Episode.objects.filter(
+                    pk__in=job.episode_ids)), k=job.k, temperature=job.temperature,
+                top_p=job.top_p, seed=job.seed, ground_truth=job.ground_truth,
+                baselines=job.baselines, user=user)
+        except CandidateJobError as exc:
+            raise refuse("sampling", f"cannot sample {job.version.name} again: {exc}") from None
+        sampling.jobs.remove(job)
+        sampling.jobs.add(again)
+        logger.info("campaign %s: candidate job #%s asked again as #%s", campaign.slug, job.pk,
+                    again.pk)
+    sampling.status, sampling.error, sampling.finished_at = SamplingStatus.SAMPLING, "", None
+    sampling.save(update_fields=["status", "error", "finished_at"])
+    return _settle(campaign, sampling)
+
+
+def campaign_sampling_progress(campaign: Campaign) -> dict | None:
+    """The candidate jobs a campaign waits for (or waited for), each with its progress; None
+    for a campaign built from candidates that existed."""
+    sampling = CampaignSampling.objects.filter(campaign=campaign).first()
+    if sampling is None:
+        return None
+    jobs = [{"id": j.pk, "version": j.version.name, "status": j.status, "k": j.k,
+             "episodes": len(j.episode_ids), "percent": round(j.progress, 1), "error": j.error}
+            for j in sampling.jobs.select_related("version").order_by("pk")]
+    moving = any(j["status"] in (JobStatus.QUEUED, JobStatus.RUNNING) for j in jobs)
+    return {"status": sampling.status, "error": sampling.error,
+            "episodes": len(sampling.episode_ids), "jobs": jobs,
+            "jobs_done": sum(j["status"] == JobStatus.SUCCEEDED for j in jobs),
+            "built": sampling.built,
+            # what campaign_sampling_retry would not refuse
+            "can_retry": sampling.status == SamplingStatus.FAILED
+            or (sampling.status == SamplingStatus.SAMPLING and not moving)}

@@ -1,10 +1,15 @@
 """Every write to a campaign: making it, changing its settings, its status, deleting it;
-invites.
+invites; the candidates it waits for.
 
 The API, the researcher pages, the admin and the commands all write through these functions,
 so each refuses the same things with the same words (``CampaignError``: the field and why).
 What each setting may be and when it may change is in ``campaign_settings``; what items a new
 campaign gets, in ``campaign_items``.
+
+A campaign asked for before its candidates exist is made all the same: ``campaign_create``
+records it in draft with the candidate jobs it waits for (``CampaignSampling``), and the worker
+that finishes the last job builds the items (``campaign_items.campaign_sampling_settle``,
+through ``annotation.receivers``). It can start once they are built and their clips rendered.
 """
 
 from __future__ import annotations
@@ -25,16 +30,24 @@ from annotation.models import (
     Assignment,
     AssignmentStatus,
     Campaign,
+    CampaignSampling,
     CampaignStatus,
     Invite,
     Item,
     ItemMember,
     Judgment,
     Protocol,
+    SamplingStatus,
 )
 from annotation.services.campaign_items import (
     CampaignBuild,
     campaign_items_build,
+    campaign_sampling_advance,
+    campaign_sampling_progress,
+    campaign_sampling_retry,
+    campaign_sampling_settle,
+    sampling_plan,
+    sampling_start,
     source_filter,
 )
 from annotation.services.campaign_settings import (
@@ -48,13 +61,16 @@ from annotation.services.campaign_settings import (
     refuse,
     settings_check,
 )
-from policy.models import Dataset, Episode
+from policy.models import Dataset, Episode, JobStatus
+from policy.services.candidates import candidates_ground_truth
 from rendering.models import Clip, ClipStatus
 
 __all__ = [
     "CampaignBuild", "CampaignError", "CampaignInUse", "campaign_clip_ids",
     "campaign_clip_progress", "campaign_create", "campaign_delete", "campaign_delete_check",
-    "campaign_set_status", "campaign_update", "campaign_update_check", "invite_create",
+    "campaign_sampling_advance", "campaign_sampling_progress", "campaign_sampling_retry",
+    "campaign_sampling_settle", "campaign_set_status", "campaign_start_refusal",
+    "campaign_update", "campaign_update_check", "invite_create",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,6 +122,10 @@ def campaign_create(
     Episodes come from ``episodes`` or the dataset's ``split`` (``campaign_items_build`` says
     which items they give). Every setting is checked as ``campaign_update`` checks a change
     (``campaign_settings``); nothing is stored if any is wrong (``CampaignError``).
+
+    Where a source lacks candidates (``sampling_plan``), the campaign is made without items and
+    the candidate jobs that make them are queued on the ``gpu`` workers once this commits; the
+    returned build lists them, and the items come when they finish.
     """
     for key in options:
         if key in FIXED:
@@ -134,7 +154,13 @@ def campaign_create(
         per_rater_limit=per_rater_limit, gold_rate=gold_rate, catch_rate=catch_rate,
         repeat_rate=repeat_rate, **options,
     )
-    return campaign_items_build(campaign=campaign, episodes=episodes, seed=seed)
+    if any(s["kind"] == "ground_truth" for s in sources):
+        # The episode's own listener: nothing to sample, so stored now where it is missing.
+        candidates_ground_truth(episodes=episodes)
+    plan = sampling_plan(campaign=campaign, episodes=episodes, seed=seed)
+    if plan is None:
+        return campaign_items_build(campaign=campaign, episodes=episodes, seed=seed)
+    return sampling_start(campaign=campaign, plan=plan, seed=seed, user=created_by)
 
 
 def campaign_clip_ids(campaign: Campaign) -> set[int]:
@@ -171,6 +197,25 @@ def _locked(campaign: Campaign) -> Campaign:
     return row
 
 
+def campaign_start_refusal(campaign: Campaign) -> str:
+    """Why the campaign cannot serve raters yet, or '' if it can: its candidates are being
+    sampled (or failed to be), it has no items, or clips are not rendered."""
+    sampling = CampaignSampling.objects.filter(campaign=campaign).first()
+    if sampling is not None and sampling.status == SamplingStatus.SAMPLING:
+        jobs = list(sampling.jobs.values_list("status", flat=True))
+        return (f"candidates are still being sampled ({jobs.count(JobStatus.SUCCEEDED)} of "
+                f"{len(jobs)} jobs done); the items are built when they are")
+    if sampling is not None and sampling.status == SamplingStatus.FAILED:
+        return f"{sampling.error} (retry it on the campaign's page)"
+    done, failed, total = campaign_clip_progress(campaign)
+    if total == 0:
+        return "the campaign has no items"
+    if done < total:
+        return (f"{total - done} of {total} clips are not rendered yet"
+                + (f" ({failed} failed; retry them in the admin)" if failed else ""))
+    return ""
+
+
 @transaction.atomic
 def campaign_set_status(*, campaign: Campaign, status: str) -> Campaign:
     """Start, pause, resume or close a campaign (``TRANSITIONS``). It starts only when every
@@ -186,14 +231,8 @@ def campaign_set_status(*, campaign: Campaign, status: str) -> Campaign:
         allowed = " or ".join(sorted(TRANSITIONS[campaign.status]))
         raise refuse("status", f"a campaign that is {campaign.status} can become {allowed}, "
                                f"not {status}")
-    if status == CampaignStatus.ACTIVE:
-        done, failed, total = campaign_clip_progress(campaign)
-        if total == 0:
-            raise refuse("status", "the campaign has no items")
-        if done < total:
-            raise refuse("status", f"{total - done} of {total} clips are not rendered yet"
-                                   + (f" ({failed} failed; retry them in the admin)" if failed
-                                      else ""))
+    if status == CampaignStatus.ACTIVE and (reason := campaign_start_refusal(campaign)):
+        raise refuse("status", reason)
     before, campaign.status = campaign.status, status
     campaign.save(update_fields=["status"])
     logger.info("campaign %s: %s -> %s", campaign.slug, before, status)
@@ -245,6 +284,11 @@ def campaign_update_check(*, campaign: Campaign, fields: dict[str, object]
         reason = field_fixed_reason(key, status=campaign.status, has_items=has_items)
         if reason:
             raise refuse(key, reason)
+    design = [k for k in changes if k in BUILD_FIELDS]
+    if design and CampaignSampling.objects.filter(campaign=campaign).exists():
+        raise refuse(design[0], "candidates are sampled for the campaign's items, which are "
+                                "built from it, so it is fixed (make a new campaign for "
+                                "another design)")
     columns = [k for k in changes if k != "researchers"]
     current = {f: getattr(campaign, f) for f in SETTINGS if f != "researchers"}
     settings_check({**current, **changes}, changed=columns)

@@ -1,10 +1,11 @@
 """Candidate jobs: a policy version's candidates for a set of episodes, made by a ``gpu`` worker
 (or in this process, by ``manage.py generate_candidates``).
 
-``candidate_job_create`` is the one way in: the command and the retraining round call it. The
-worker claims the job (``QUEUED -> RUNNING``), stores only the candidates that are missing
-(``candidates_generate``) and finishes it as succeeded or failed with the reason. torch is
-imported by the sampling code inside the run, never when this module is imported.
+``candidate_job_create`` is the one way in: the command, the retraining round and campaigns
+waiting for candidates call it. The worker claims the job (``QUEUED -> RUNNING``), stores only
+the candidates that are missing (``candidates_generate``) and finishes it as succeeded or failed
+with the reason; once that is committed it sends ``policy.signals.candidate_job_finished``.
+torch is imported by the sampling code inside the run, never when this module is imported.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ from django.utils import timezone
 from policy.models import CandidateJob, Episode, JobStatus, PolicyVersion
 from policy.selectors import candidate_job_episodes
 from policy.services.candidates import ProgressFn, candidates_generate
+from policy.signals import candidate_job_finished
 from policy.tasks import CANDIDATES_TIME_LIMIT_S, generate_candidates_task
 
 logger = logging.getLogger(__name__)
 
 SPLITS = tuple(value for value, _ in CandidateJob.SPLITS)
+# The baselines a job can make: ``policy.ml.baselines.BASELINES`` but the ground truth (a job
+# stores that on its own flag). Written out so that the web process, which plans jobs, need not
+# import torch; tests/annotation/test_campaign_sampling.py checks the two agree.
+JOB_BASELINES = ("random_clip", "nearest_neighbour", "mirror", "mean_face")
 # Policy samples fill the bar up to here; the ground truth and the baselines come after.
 _SAMPLING_PERCENT = 95.0
 # A job still RUNNING this long after its claim outlived its worker's hard time limit: the worker
@@ -196,4 +202,22 @@ def candidate_job_run(*, job_id: int, progress: ProgressFn | None = None) -> Can
 
 def _finish(job_id: int, **fields: object) -> CandidateJob:
     CandidateJob.objects.filter(pk=job_id).update(finished_at=timezone.now(), **fields)
-    return CandidateJob.objects.get(pk=job_id)
+    job = CandidateJob.objects.get(pk=job_id)
+    status = job.status
+    transaction.on_commit(lambda: _announce(job_id, status))
+    return job
+
+
+def _announce(job_id: int, status: str) -> None:
+    """Tell the receivers (a campaign waiting for these candidates builds its items). What a
+    receiver does is its own business: its failure is logged, and changes nothing about the
+    job, which has finished either way."""
+    replies = candidate_job_finished.send_robust(sender=CandidateJob, job_id=job_id, status=status)
+    for receiver, reply in replies:
+        if isinstance(reply, Exception):
+            logger.error(
+                "candidate job %s: receiver %s failed",
+                job_id,
+                getattr(receiver, "__qualname__", receiver),
+                exc_info=reply,
+            )
