@@ -19,22 +19,12 @@ run with the same seed against the same campaign is not mistaken for a replay of
 from __future__ import annotations
 
 import json
-import math
-import random
 import re
 import uuid
-from dataclasses import dataclass, field
 from functools import lru_cache
 
-import numpy as np
-
-from annotation.models import CRITERIA, Assignment, Protocol
-
-KINDS = ("careful", "noisy", "left-biased", "random")
-TIE_BELOW = 0.02  # careful: oracle totals closer than this are "about the same"
-BOTH_BAD_BELOW = 0.35  # careful: both totals under this are "both bad"
-NOISE_TEMPERATURE = 0.08  # noisy: P(left) = sigmoid((s_left - s_right) / T)
-LEFT_BIAS = 0.7
+from annotation.models import Assignment, Protocol
+from annotation.simulated_judge import KINDS, SimulatedJudge  # noqa: F401 (KINDS: callers)
 
 
 @lru_cache(maxsize=4096)
@@ -60,14 +50,8 @@ def shown_scores(token: str) -> tuple[str, list[float]]:
     return a.campaign.protocol, scores
 
 
-@dataclass
-class Rater:
-    kind: str
-    rng: random.Random = field(default_factory=random.Random)
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+class Rater(SimulatedJudge):
+    """A simulated rater that answers exposures (see ``SimulatedJudge`` for how it decides)."""
 
     def answer(self, token: str, *, ask_strength: bool = True) -> dict:
         """The JSON body a browser would send for this exposure, under a new idempotency key
@@ -87,35 +71,10 @@ class Rater:
         return body
 
     def _choice(self, left: float, right: float) -> tuple[str, int | None]:
-        r = self.rng.random()
-        if self.kind == "random":
-            return ("left", "right", "tie", "both_bad")[min(3, int(r * 4))], None
-        if self.kind == "left-biased" and r < LEFT_BIAS:
-            return "left", 2
-        diff = left - right
-        if self.kind == "noisy":
-            p_left = 1.0 / (1.0 + math.exp(-diff / NOISE_TEMPERATURE))
-            return ("left" if self.rng.random() < p_left else "right"), 2
-        if abs(diff) < TIE_BELOW:
-            return "tie", None
-        if max(left, right) < BOTH_BAD_BELOW:
-            return "both_bad", None
-        strength = 1 if abs(diff) < 0.05 else 2 if abs(diff) < 0.15 else 3
-        return ("left" if diff > 0 else "right"), strength
+        return self.choice(left, right)
 
     def _scores(self, totals: list[float]) -> list[dict[str, int]]:
-        out = []
-        for position, total in enumerate(totals):
-            base = 1 + 4 * total
-            if self.kind == "random":
-                out.append({c: self.rng.randint(1, 5) for c in CRITERIA})
-                continue
-            if self.kind == "left-biased" and position == 0:
-                base += 1.5
-            sd = 0.8 if self.kind == "noisy" else 0.2
-            out.append({c: int(np.clip(round(base + self.rng.gauss(0, sd)), 1, 5))
-                        for c in CRITERIA})
-        return out
+        return self.scores(totals)
 
 
 def rate_page_config(html: str) -> dict:

@@ -105,6 +105,26 @@ def _step_rows(r: Round) -> list[dict]:
     return rows
 
 
+def critic_rows(report: dict, head: str = "overall") -> list[dict]:
+    """Held-out accuracy of the critic next to the people's agreement on the same judgments,
+    overall and by judged strength."""
+    if not report:
+        return []
+    parts = {k: report.get(k, {}).get(head, {}) for k in ("heldout", "heldout_on_human_set",
+                                                            "human")}
+    rows = []
+    for stratum in ("all", "1", "2", "3"):
+        cells = {k: (v if stratum == "all" else v.get("by_strength", {}).get(stratum, {}))
+                 for k, v in parts.items()}
+        rows.append({"stratum": "every strength" if stratum == "all" else stratum,
+                     "critic": cells["heldout"].get("accuracy"),
+                     "n": cells["heldout"].get("n", 0),
+                     "critic_same": cells["heldout_on_human_set"].get("accuracy"),
+                     "human": cells["human"].get("accuracy"),
+                     "human_n": cells["human"].get("n", 0)})
+    return rows
+
+
 @require_GET
 def round_detail(request: HttpRequest, round_id: int) -> HttpResponse:
     if (denied := _admin(request)) is not None:
@@ -117,12 +137,10 @@ def round_detail(request: HttpRequest, round_id: int) -> HttpResponse:
         ("critic_loss", "critic loss"), ("optimise_loss", "optimisation loss"),
         ("val_l2_ratio", "validation L2 / parent's"), ("val_fd_ratio", "validation FD / parent's"))]
     critic = r.report.get("critic", {})
-    strata = sorted(set(critic.get("heldout", {}).get("overall", {}).get("by_strength", {}))
-                    | set(critic.get("human", {}).get("by_strength", {})))
     return render(request, "feedback/round_detail.html", {
         "r": r, "steps": _step_rows(r), "plots": [mark_safe(p) for p in plots if p],  # noqa: S308
         "running": r.status in (RoundStatus.QUEUED, RoundStatus.RUNNING),
-        "critic": critic, "strata": strata,
+        "critic": critic, "critic_rows": critic_rows(critic),
         "evaluation": r.report.get("evaluation", {}),
         "snapshot": r.report.get("snapshot", {}),
         "can": {"cancel": r.status not in (RoundStatus.SUCCEEDED, RoundStatus.CANCELLED),

@@ -114,9 +114,13 @@ def read_snapshot(root: str | Path, *, weights: dict[str, float] | None = None,
         raise SnapshotReadError(f"{root}: not a snapshot folder (no data/ inside)")
     arrays: dict[str, np.ndarray] = {}
 
-    def array(sha: str) -> np.ndarray:
+    def array(ref: str) -> np.ndarray:
+        """A sequence by its reference: the path inside the snapshot (``arrays/<sha>.npy``)."""
+        sha = ref
         if sha not in arrays:
-            path = root / "arrays" / f"{sha}.npy"
+            path = root / ref if "/" in ref else root / "arrays" / f"{ref}.npy"
+            if ".." in Path(ref).parts:
+                raise SnapshotReadError(f"{root}: array reference {ref!r} leaves the snapshot")
             if not path.is_file():
                 raise SnapshotReadError(f"{root}: array {sha} is referred to but missing")
             a = np.load(path, allow_pickle=False)

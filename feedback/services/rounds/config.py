@@ -13,7 +13,7 @@ from typing import Any
 
 from feedback.services.snapshots import DEFAULT_TEST_FRACTION, QC_POLICIES
 
-METHODS = ("sft_chosen", "dpo", "dpo_imitation", "critic")
+METHODS = ("sft_chosen", "dpo", "dpo_imitation", "critic", "imitation_critic_best")
 
 DEFAULTS: dict[str, Any] = {
     "method": "dpo_imitation",  # see policy.ml.preference

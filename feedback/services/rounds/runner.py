@@ -49,6 +49,11 @@ class RoundCancelled(Exception):
     pass
 
 
+class StepLost(Exception):
+    """The step was queued again while this worker still ran it (its heartbeat had been silent
+    too long): the other run owns it now, this one stops without touching the round."""
+
+
 def round_folder(round_id: int) -> Path:
     """Where a round's steps keep their files and checkpoints."""
     path = Path(settings.MEDIA_ROOT) / "rounds" / str(round_id)
@@ -90,6 +95,7 @@ class StepContext:
         self.step = step
         self.folder = round_folder(rnd.pk)
         self._last = 0.0
+        self._beat = rnd.heartbeat_at  # the claim's; a reaper's requeue changes the state
 
     def log(self, line: str) -> None:
         append_log(self.round.pk, line)
@@ -111,8 +117,12 @@ class StepContext:
                   "progress": overall_progress(self.step, fraction)}
         if curves is not None:
             fields["curves"] = {**rnd.curves, **curves}
-        Round.objects.filter(pk=self.round.pk, step=self.step,
-                             step_state=StepState.RUNNING).update(**fields)
+        kept = Round.objects.filter(pk=self.round.pk, step=self.step,
+                                    step_state=StepState.RUNNING,
+                                    heartbeat_at=self._beat).update(**fields)
+        if not kept:
+            raise StepLost()
+        self._beat = fields["heartbeat_at"]
 
     def fraction_hook(self, lo: float, hi: float) -> Callable[[int, int], None]:
         """A ``(done, total)`` callback covering ``lo``..``hi`` of this step."""
@@ -154,6 +164,10 @@ def round_step_run(*, round_id: int, step: str, enqueue_next: bool = True) -> bo
     except RoundCancelled:
         _end(round_id, RoundStatus.CANCELLED, f"{step}: cancelled")
         return True
+    except StepLost:
+        logger.warning("round %s: step %s was queued again elsewhere; this run stops",
+                       round_id, step)
+        return False
     except Exception as exc:  # the round records every failure; a person resumes it
         logger.exception("round %s: step %s failed", round_id, step)
         message = str(exc) or repr(exc)

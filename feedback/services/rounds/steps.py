@@ -150,8 +150,7 @@ def step_critic(rnd: Round, ctx: StepContext) -> None:
 
 
 def _fmt(block: dict) -> str:
-    overall = block.get("overall", block)
-    acc = overall.get("accuracy") if isinstance(overall, dict) else None
+    acc = block.get("overall", {}).get("accuracy")
     return "n/a" if acc is None else f"{acc:.2f}"
 
 
@@ -160,9 +159,8 @@ def val_episodes(dataset: Dataset, limit: int) -> list:
 
 
 def step_optimise(rnd: Round, ctx: StepContext) -> None:
-    from policy.ml.preference import PreferenceConfig, optimise
-
     from policy.ml.checkpoint import file_sha256, save_checkpoint
+    from policy.ml.preference import PreferenceConfig, optimise
 
     cfg = rnd.config
     method = cfg["method"]
@@ -171,8 +169,10 @@ def step_optimise(rnd: Round, ctx: StepContext) -> None:
     dataset = rnd.parent.dataset
     eps = episodes_by_key(dataset, (c.episode for c in comps))
     scorer = None
-    if method == "critic":
+    if method in ("critic", "imitation_critic_best"):  # they sample on every episode given
         scorer = critic_scorer(ctx.folder / "critic.pt", cfg["device"])
+        trained = {c.episode for c in comps if c.split == "train"}
+        eps = {k: e for k, e in eps.items() if k in trained}
     pcfg = PreferenceConfig.from_dict({**cfg["optimise"], "method": method,
                                        "device": cfg["device"]})
     path = ctx.folder / "optimise.pt"
@@ -188,9 +188,16 @@ def step_optimise(rnd: Round, ctx: StepContext) -> None:
                       val_episodes=val_episodes(dataset, int(cfg["val_episodes"])),
                       scorer=scorer, checkpoint_path=path,
                       resume_from=path if path.exists() else None, progress=progress)
+    if result.used_parent:
+        last = result.evals[-1] if result.evals else {}
+        raise RoundError(
+            "no optimisation step stayed within the guards (last: L2 ratio "
+            f"{_num(last.get('l2_ratio'))}, FD ratio {_num(last.get('fd_ratio'))}; bounds "
+            f"{pcfg.max_l2_ratio} and {pcfg.max_fd_ratio}): nothing better than the parent to "
+            "register")
     final = ctx.folder / "policy.pt"
-    save_checkpoint(final, policy=result.policy, train_config=None, step=result.best_step,
-                    history=result.history)
+    save_checkpoint(final, policy=result.policy, train_config=None,
+                    step=result.best_step or 0, history=result.history)
     sha = file_sha256(final)
     blobs.put_blob(final.read_bytes(), "pt", sha=sha)
     curves = {"optimise_loss": _curve(result.history)}
@@ -200,16 +207,18 @@ def step_optimise(rnd: Round, ctx: StepContext) -> None:
     ctx.progress(1.0, force=True, curves=curves)
     _report(rnd, "optimise", {"method": method, "config": dataclasses.asdict(pcfg),
                               "best_step": result.best_step,
+                              "used_parent": result.used_parent,
                               "stopped_early": result.stopped_early,
                               "evals": result.evals[-20:], "checkpoint_sha256": sha})
-    ctx.log(f"optimised ({method}): best step {result.best_step}"
+    ctx.log(f"optimised ({method}): "
+            + ("no step passed the guards: the parent's weights" if result.used_parent
+               else f"best step {result.best_step}")
             + (", stopped early by the guards" if result.stopped_early else "")
             + f"; checkpoint {sha[:12]}")
 
 
 def critic_scorer(path: Path, device: str) -> Callable:
     from policy.ml.critic import CriticEnsemble
-
     from policy.ml.device import pick_device
 
     if not path.exists():
@@ -226,7 +235,8 @@ def _policy_from_file(path: Path, sha: str, device: str):
 
 
 def step_evaluate(rnd: Round, ctx: StepContext) -> None:
-    from .evaluation import compare_versions
+    from policy.ml.compare import compare_policies
+    from policy.services.training import oracle_for
 
     cfg = rnd.config
     dataset = rnd.parent.dataset
@@ -241,8 +251,8 @@ def step_evaluate(rnd: Round, ctx: StepContext) -> None:
     if not test:
         raise RoundError(f"{dataset.name} has no held-out test episodes to evaluate on")
     scorer = critic_scorer(ctx.folder / "critic.pt", cfg["device"])
-    result = compare_versions(new, parent, episode_data(test), dataset=dataset, scorer=scorer,
-                              k=int(cfg["eval_k"]), seed=rnd.pk,
+    result = compare_policies(new, parent, episode_data(test), oracle=oracle_for(dataset),
+                              scorer=scorer, k=int(cfg["eval_k"]), seed=rnd.pk,
                               progress=ctx.fraction_hook(0.0, 0.95))
     result["gates"] = gates_check(result, cfg["gates"])
     _report(rnd, "evaluation", result)
