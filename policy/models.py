@@ -43,6 +43,11 @@ class Episode(models.Model):
     n_frames = models.PositiveIntegerField()
     content_hash = models.CharField(max_length=64)
     listener_sha = models.CharField(max_length=64, help_text="(T, D) ground-truth listener")
+    # Set where the corpus keeps a rule-following listener beside a ground truth that breaks the
+    # rules (a mixed synthetic corpus): held-out metrics are measured against it.
+    reference_sha = models.CharField(
+        max_length=64, blank=True, help_text="(T, D) rule-following listener, where kept"
+    )
     speaker_sha = models.CharField(max_length=64, blank=True, help_text="(T, D) speaker")
     audio_sha = models.CharField(max_length=64, blank=True, help_text="(N,) mono waveform")
     audio_sample_rate = models.PositiveIntegerField(null=True, blank=True)

@@ -26,7 +26,6 @@ from policy.synthetic import (
     DECAY_RANGE_S,
     HOLD_RANGE_S,
     LAG_RANGE_S,
-    LIP_PRESS_MAX,
     NOD_AMP_RANGE,
     NOD_CYCLES_RANGE,
     NOD_FREQ_RANGE_HZ,
@@ -34,12 +33,11 @@ from policy.synthetic import (
     NOD_MIN_PAUSE_S,
     RISE_RANGE_S,
     SENTIMENTS,
-    SMILE_UNITS,
+    WRONG_KINDS,
     affect_envelopes,
+    wrong_listener,
 )
 from rendering.layouts import BUILTIN
-
-WRONG_KINDS = ("valence_swap", "frozen", "jitter", "mistimed")
 
 # total = weighted mean of the three criteria; the sub-weights split timing and naturalness.
 WEIGHTS = {"appropriateness": 0.4, "timing": 0.3, "naturalness": 0.3}
@@ -376,26 +374,11 @@ def oracle_score(candidate: np.ndarray, context: EpisodeContext) -> OracleScore:
 
 def wrong_response(listener: np.ndarray, context: EpisodeContext, kind: str,
                    rng: np.random.Generator) -> np.ndarray:
-    """A plausible-looking but wrong listener made from a ground truth (see WRONG_KINDS)."""
+    """A plausible-looking but wrong listener made from a ground truth (see WRONG_KINDS).
+
+    The mistakes themselves live in ``policy.synthetic.wrong_listener``, which the mixed corpus
+    also uses; this checks the listener against the episode first.
+    """
     if kind not in WRONG_KINDS:
         raise ValueError(f"unknown wrong-response kind {kind!r}; expected one of {WRONG_KINDS}")
-    x = _checked(listener, context, "listener")
-    out = x.copy()
-    if kind == "valence_swap":
-        # Amount of each affect per unit weight, then re-expressed on the other affect's units:
-        # the same timing and intensity, the opposite meaning.
-        s_amount = x[:, _SMILE].mean(1) / SMILE_UNITS["smile_left"]
-        c_amount = x[:, _CONCERN].mean(1) / float(np.mean(list(CONCERN_UNITS.values())))
-        for name, w in SMILE_UNITS.items():
-            out[:, _IX[name]] = w * c_amount
-        for name, w in CONCERN_UNITS.items():
-            out[:, _IX[name]] = w * s_amount
-        out[:, _IX["lip_press"]] = 0.5 * LIP_PRESS_MAX * s_amount
-    elif kind == "frozen":
-        out[:] = x.mean(0)
-    elif kind == "jitter":
-        out += rng.normal(0.0, 0.06, x.shape) * _SPAN  # 6 % of each range, every frame
-    else:  # mistimed: the whole response moved 2-3 s earlier or later, wrapping around
-        shift = round(rng.uniform(2.0, 3.0) * context.fps) * (1 if rng.random() < 0.5 else -1)
-        out = np.roll(x, shift, axis=0)
-    return np.clip(out, _LOW, _HIGH).astype(np.float32)
+    return wrong_listener(_checked(listener, context, "listener"), context.fps, kind, rng)

@@ -32,7 +32,11 @@ def episode_plot_svgs(episode: Episode) -> list[str]:
         for s in episode.meta.get("sentences", [])
     ]
     plots = []
-    streams = [("listener", episode.listener_sha), ("speaker", episode.speaker_sha)]
+    streams = [
+        ("listener", episode.listener_sha),
+        ("reference", episode.reference_sha),
+        ("speaker", episode.speaker_sha),
+    ]
     for role, sha in streams:
         if not sha:
             continue
@@ -88,6 +92,7 @@ class EpisodeArrays:
     transcript: list[dict] | None
     meta: dict
     pk: int
+    reference: np.ndarray | None = None  # the rule-following listener, where the corpus keeps one
 
 
 def episode_arrays(episodes: Iterable[Episode]) -> list[EpisodeArrays]:
@@ -103,6 +108,7 @@ def episode_arrays(episodes: Iterable[Episode]) -> list[EpisodeArrays]:
             transcript=ep.transcript,
             meta=ep.meta,
             pk=ep.pk,
+            reference=blobs.load_array(ep.reference_sha) if ep.reference_sha else None,
         )
         for ep in episodes
     ]

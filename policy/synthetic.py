@@ -4,7 +4,8 @@ Real dyadic corpora cannot be shipped, so the demo, the tests and the benchmarks
 here. Each episode is a pure function of ``(seed, index)``: the speaker says 2-4 sentences of good
 news, bad news or plain facts (words, timings, speech-like audio, speaker face) and the listener's
 ground truth follows the rules in ``docs/synthetic_corpus.md``, with individual variation drawn
-per episode.
+per episode. With ``mixed > 0`` a share of the listeners break the rules (:data:`LISTENER_FAULTS`),
+as in a real corpus, and the rule-following listener is kept beside them as ``reference``.
 ``policy.oracle`` scores any listener sequence against the same rules, reusing the constants and
 :func:`affect_envelopes` below, so the generator and the oracle cannot drift apart.
 
@@ -14,10 +15,13 @@ Pure NumPy (no Django, no SciPy) so that ``policy/ml`` and benchmarks may import
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +52,12 @@ REST_TONE_MAX = 0.04  # resting activation of expression units; "stillness" stay
 SMILE_UNITS = {"smile_left": 0.55, "smile_right": 0.55, "cheek_raise": 0.35}
 CONCERN_UNITS = {"brow_inner_raise": 0.55, "brow_lower": 0.45, "mouth_corner_depress": 0.40}
 LIP_PRESS_MAX = 0.3  # concern may add pressed lips; how much is a profile trait
+
+# --- Listeners that break the rules (the ``mixed`` option). ----------------------------------
+WRONG_KINDS = ("valence_swap", "frozen", "jitter", "mistimed")  # made from a finished listener
+LISTENER_FAULTS = ("valence_swap", "distracted", "late", "mistimed", "frozen", "jitter")
+MIXED_KINDS = ("valence_swap", "distracted", "late", "mistimed")  # drawn when none are named
+LATE_DELAY_RANGE_S = (1.0, 2.0)  # extra lag of a late listener, beyond LAG_RANGE_S
 
 EPISODE_RANGE_S = (6.0, 12.0)
 WORD_DURATION_RANGE_S = (0.2, 0.45)
@@ -100,6 +110,8 @@ class SyntheticEpisode:
     audio_sample_rate: int
     transcript: list[dict]  # [{"word", "start", "end"}] in seconds
     meta: dict  # JSON-serialisable: sentences, pauses, listener_profile, generator, ...
+    reference: np.ndarray | None = None  # (T, 18) float32, the rule-following listener when
+    #   ``listener`` breaks the rules (a mixed corpus); None when the ground truth follows them
 
 
 def smoothstep(x: np.ndarray) -> np.ndarray:
@@ -466,12 +478,92 @@ def episode_split(seed: int, index: int) -> str:
     return "train" if u < _SPLIT_BOUNDS[0] else "val" if u < _SPLIT_BOUNDS[1] else "test"
 
 
-def generate_episode(seed: int, index: int, *, fps: int = 30,
-                     sample_rate: int = 16000) -> SyntheticEpisode:
-    """Episode ``index`` of the corpus ``seed``; byte-identical on every call."""
+def wrong_listener(listener: np.ndarray, fps: float, kind: str,
+                   rng: np.random.Generator) -> np.ndarray:
+    """A wrong listener made from a finished one: one of :data:`WRONG_KINDS`.
+
+    ``policy.oracle.wrong_response`` (which checks the sequence against an episode first) and the
+    mixed corpus share this, so a rater study's wrong candidates and a mixed corpus's faulty ground
+    truths are the same mistakes.
+    """
+    if kind not in WRONG_KINDS:
+        raise ValueError(f"unknown wrong-response kind {kind!r}; expected one of {WRONG_KINDS}")
+    x = np.asarray(listener, dtype=np.float64)
+    out = x.copy()
+    smile = [_IX["smile_left"], _IX["smile_right"]]
+    concern = [_IX[n] for n in CONCERN_UNITS]
+    if kind == "valence_swap":
+        # Amount of each affect per unit weight, then re-expressed on the other affect's units:
+        # the same timing and intensity, the opposite meaning.
+        s_amount = x[:, smile].mean(1) / SMILE_UNITS["smile_left"]
+        c_amount = x[:, concern].mean(1) / float(np.mean(list(CONCERN_UNITS.values())))
+        for name, w in SMILE_UNITS.items():
+            out[:, _IX[name]] = w * c_amount
+        for name, w in CONCERN_UNITS.items():
+            out[:, _IX[name]] = w * s_amount
+        out[:, _IX["lip_press"]] = 0.5 * LIP_PRESS_MAX * s_amount
+    elif kind == "frozen":
+        out[:] = x.mean(0)
+    elif kind == "jitter":
+        out += rng.normal(0.0, 0.06, x.shape) * (_HIGH - _LOW)  # 6 % of each range, every frame
+    else:  # mistimed: the whole response moved 2-3 s earlier or later, wrapping around
+        shift = round(rng.uniform(2.0, 3.0) * fps) * (1 if rng.random() < 0.5 else -1)
+        out = np.roll(x, shift, axis=0)
+    return np.clip(out, _LOW, _HIGH).astype(np.float32)
+
+
+def check_mixed(mixed: float, kinds: Iterable[str] | None) -> tuple[str, ...]:
+    """Validate the ``mixed`` option; returns the kinds to draw from (MIXED_KINDS by default)."""
+    if isinstance(mixed, bool) or not isinstance(mixed, numbers.Real) \
+            or not math.isfinite(mixed) or not 0.0 <= mixed <= 1.0:
+        raise ValueError(f"mixed must be a share between 0 and 1, got {mixed!r}")
+    if isinstance(kinds, str):
+        raise ValueError(f"mixed_kinds must be a sequence of kinds, got the string {kinds!r}")
+    chosen = MIXED_KINDS if kinds is None else tuple(kinds)
+    unknown = [k for k in chosen if k not in LISTENER_FAULTS]
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"mixed_kinds must name distinct kinds among {LISTENER_FAULTS}, "
+                         f"got {list(chosen)!r}")
+    return chosen
+
+
+def _faulty_listener(kind: str, rng: np.random.Generator, listener: np.ndarray, seed: int,
+                     index: int, t: np.ndarray, fps: int, sentences: list[dict],
+                     pauses: list[list[float]], profile: dict) -> tuple[np.ndarray, dict]:
+    """The listener of a rule-breaking episode, and what the meta records about it."""
+    if kind in WRONG_KINDS:
+        return wrong_listener(listener, fps, kind, rng), {}
+    # The same person, redrawn from the listener's own stream with the same idle motion (rest
+    # tone, micro-motion, blinks, head drift): only the reaction to the speaker changes.
+    again = _stream(seed, index, 1)
+    _profile(again)  # advance past the profile draws, as generate_episode did
+    if kind == "distracted":  # ignores the speaker: no affect, no nods, the idle face goes on
+        changed, extra = {**profile, "gain": 0.0, "nod_amplitude": 0.0}, {}
+    else:  # late: reacts, but well after any human lag, and nods late too
+        delay = float(rng.uniform(*LATE_DELAY_RANGE_S))
+        changed = {**profile, "lag_s": profile["lag_s"] + delay,
+                   "nod_lag_s": profile["nod_lag_s"] + delay}
+        extra = {"delay_s": delay}
+    return _listener(again, t, fps, sentences, pauses, changed), extra
+
+
+def generate_episode(seed: int, index: int, *, fps: int = 30, sample_rate: int = 16000,
+                     mixed: float = 0.0,
+                     mixed_kinds: Sequence[str] | None = None) -> SyntheticEpisode:
+    """Episode ``index`` of the corpus ``seed``; byte-identical on every call.
+
+    ``mixed`` is the share of episodes whose listener breaks the rules, one of ``mixed_kinds``
+    (default :data:`MIXED_KINDS`; any of :data:`LISTENER_FAULTS`). Whether episode ``index`` is
+    one of them, its kind and its details come from a stream of their own (part 5), so every
+    other episode is exactly the episode of the clean corpus, and ``mixed=0`` gives today's
+    corpus byte for byte. Episode i breaks the rules at share s if it does at any share below s,
+    always with the same kind. A rule-breaking episode keeps its rule-following listener as
+    ``reference``; with ``mixed > 0`` every episode's meta records ``listener_quality``.
+    """
     _check_ids(seed, index)
     if fps <= 0 or sample_rate <= 0:
         raise ValueError(f"fps and sample_rate must be positive, got {fps} and {sample_rate}")
+    kinds = check_mixed(mixed, mixed_kinds)
     # Independent streams per part: changing the audio model does not change the faces.
     plan_rng, listen_rng, speak_rng, audio_rng = (_stream(seed, index, k) for k in range(4))
     words, sentences, duration = _plan(plan_rng)
@@ -483,10 +575,35 @@ def generate_episode(seed: int, index: int, *, fps: int = 30,
     t = np.arange(n_frames) / fps
     profile = _profile(listen_rng)
     listener = _listener(listen_rng, t, fps, sentences, pauses, profile)
+    reference, quality = None, None
+    if mixed > 0:
+        fault_rng = _stream(seed, index, 5)
+        broken = bool(fault_rng.random() < mixed)  # one uniform: monotone in the share
+        kind = kinds[int(fault_rng.integers(len(kinds)))]
+        extra: dict = {}
+        if broken:
+            reference = listener
+            listener, extra = _faulty_listener(kind, fault_rng, listener, seed, index, t, fps,
+                                               sentences, pauses, profile)
+        quality = {"kind": kind if broken else "clean", "mixed_share": float(mixed),
+                   "mixed_kinds": list(kinds), **extra}
     speaker = _speaker(speak_rng, t, fps, words, sentences)
     f0 = audio_rng.uniform(100.0, 220.0)
     audio, vowels = _audio(audio_rng, words, sentences, round(duration * sample_rate), sample_rate,
                            f0)
+    meta = {
+        "duration_s": duration,
+        "sentences": sentences,
+        "pauses": pauses,
+        "listener_profile": {k: (int(v) if k == "nod_cycles" else float(v))
+                             for k, v in profile.items()},
+        "speaker_profile": {"f0_hz": float(f0), "vowel_formants": [list(_VOWELS[v])
+                                                                    for v in vowels]},
+        "generator": {"name": GENERATOR_NAME, "version": GENERATOR_VERSION,
+                      "seed": int(seed), "index": int(index)},
+    }
+    if quality is not None:
+        meta["listener_quality"] = quality
     return SyntheticEpisode(
         key=f"syn-s{seed}-{index:05d}",
         split=episode_split(seed, index),
@@ -496,23 +613,18 @@ def generate_episode(seed: int, index: int, *, fps: int = 30,
         audio=audio,
         audio_sample_rate=sample_rate,
         transcript=[{"word": w["word"], "start": w["start"], "end": w["end"]} for w in words],
-        meta={
-            "duration_s": duration,
-            "sentences": sentences,
-            "pauses": pauses,
-            "listener_profile": {k: (int(v) if k == "nod_cycles" else float(v))
-                                 for k, v in profile.items()},
-            "speaker_profile": {"f0_hz": float(f0), "vowel_formants": [list(_VOWELS[v])
-                                                                        for v in vowels]},
-            "generator": {"name": GENERATOR_NAME, "version": GENERATOR_VERSION,
-                          "seed": int(seed), "index": int(index)},
-        },
+        meta=meta,
+        reference=reference,
     )
 
 
-def generate_corpus(n_episodes: int, seed: int, **kw: int) -> Iterator[SyntheticEpisode]:
-    """Episodes ``0 .. n_episodes - 1`` of corpus ``seed``, lazily (episode i is independent)."""
+def generate_corpus(n_episodes: int, seed: int, **kw: Any) -> Iterator[SyntheticEpisode]:
+    """Episodes ``0 .. n_episodes - 1`` of corpus ``seed``, lazily (episode i is independent).
+
+    Keywords go to :func:`generate_episode` (``fps``, ``sample_rate``, ``mixed``,
+    ``mixed_kinds``); they are checked before the first episode is made.
+    """
     if n_episodes < 0:
         raise ValueError(f"n_episodes must be >= 0, got {n_episodes}")
-    for i in range(n_episodes):
-        yield generate_episode(seed, i, **kw)
+    check_mixed(kw.get("mixed", 0.0), kw.get("mixed_kinds"))
+    return (generate_episode(seed, i, **kw) for i in range(n_episodes))

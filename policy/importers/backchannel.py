@@ -75,7 +75,7 @@ def read_backchannel(source: Source) -> CorpusReader:
         listener = _require(entry, "listener", mfile, where, str)
         if "fps" not in entry and default_fps is None:
             raise ImportProblem(mfile, f"{where}fps", "required field missing (no top-level fps)")
-        for stream in ("listener", "speaker", "audio", "video"):
+        for stream in ("listener", "reference", "speaker", "audio", "video"):
             rel = entry.get(stream)
             if rel is None:
                 continue
@@ -85,6 +85,8 @@ def read_backchannel(source: Source) -> CorpusReader:
                 raise ImportProblem(mfile, f"{where}{stream}", f"file {rel!r} is not in the import")
         if not listener.endswith(".npy"):
             raise ImportProblem(mfile, f"{where}listener", "must be a .npy file")
+        if entry.get("reference") is not None and not entry["reference"].endswith(".npy"):
+            raise ImportProblem(mfile, f"{where}reference", "must be a .npy file")
         if "speaker_fps" in entry:
             fps = entry.get("fps", default_fps)
             if entry["speaker_fps"] != fps:
@@ -123,6 +125,12 @@ def _iter_episodes(
             label=label,
             meta=entry.get("meta", {}),
         )
+        if entry.get("reference"):
+            rpath = prefix + entry["reference"]
+            rec.reference_label = source.label(rpath)
+            rec.reference = parse_npy(
+                source.read(rpath, "reference"), rec.reference_label, "reference"
+            )
         if entry.get("speaker"):
             spath = prefix + entry["speaker"]
             rec.speaker = parse_npy(source.read(spath), source.label(spath), "speaker")
@@ -174,6 +182,9 @@ def write_backchannel(
         entry: dict = {"key": rec.key, "split": rec.split, "fps": rec.fps}
         np.save(out / folder / "listener.npy", rec.listener.astype(np.float32), allow_pickle=False)
         entry["listener"] = f"{folder}/listener.npy"
+        if rec.reference is not None:
+            np.save(out / folder / "reference.npy", rec.reference.astype(np.float32))
+            entry["reference"] = f"{folder}/reference.npy"
         if rec.speaker is not None:
             np.save(out / folder / "speaker.npy", rec.speaker.astype(np.float32))
             entry["speaker"] = f"{folder}/speaker.npy"

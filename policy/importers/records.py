@@ -35,6 +35,8 @@ class EpisodeRecord:
     video_ext: str = ""
     transcript: list[dict] | None = None
     meta: dict = field(default_factory=dict)
+    reference: np.ndarray | None = None  # (T, D) float32 rule-following listener, where kept
+    reference_label: str = ""  # the reference's own file, for errors (default: ``label``)
 
 
 @dataclass
@@ -126,6 +128,16 @@ def validate_record(rec: EpisodeRecord, layout: FaceModelLayout) -> EpisodeRecor
                 rec.label,
                 "speaker",
                 f"{rec.speaker.shape[0]} frames but the listener has {n_frames}",
+            )
+    if rec.reference is not None:
+        file = rec.reference_label or rec.label
+        rec.reference = _check_float_array(rec.reference, file, "reference", 2)
+        if rec.reference.shape != rec.listener.shape:
+            raise ImportProblem(
+                file,
+                "reference",
+                f"shape {rec.reference.shape} but the listener has {rec.listener.shape}; the "
+                "reference is another listener for the same frames",
             )
     duration = n_frames / rec.fps
     if rec.audio is not None:

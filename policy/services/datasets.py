@@ -90,6 +90,8 @@ def dataset_store(
             payloads: dict[str, tuple[bytes, str]] = {
                 "listener": (blobs.array_bytes(rec.listener), "npy")
             }
+            if rec.reference is not None:
+                payloads["reference"] = (blobs.array_bytes(rec.reference), "npy")
             if rec.speaker is not None:
                 payloads["speaker"] = (blobs.array_bytes(rec.speaker), "npy")
             if rec.audio is not None:
@@ -133,6 +135,7 @@ def dataset_store(
                         n_frames=int(rec.listener.shape[0]),
                         content_hash=content_hash,
                         listener_sha=shas["listener"],
+                        reference_sha=shas.get("reference", ""),
                         speaker_sha=shas.get("speaker", ""),
                         audio_sha=shas.get("audio", ""),
                         audio_sample_rate=rec.audio_sample_rate if rec.audio is not None else None,

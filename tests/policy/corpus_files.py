@@ -11,9 +11,17 @@ from rendering.layouts import BUILTIN
 
 
 def write_backchannel_corpus(
-    root: Path, *, n: int = 3, frames: int = 60, fps: int = 30, seed: int = 0, name: str = "tiny"
+    root: Path,
+    *,
+    n: int = 3,
+    frames: int = 60,
+    fps: int = 30,
+    seed: int = 0,
+    name: str = "tiny",
+    reference: bool = False,
 ) -> dict:
-    """A valid corpus folder with ``n`` episodes; returns the manifest (already written)."""
+    """A valid corpus folder with ``n`` episodes; returns the manifest (already written).
+    With ``reference`` every episode also has a reference listener stream."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     episodes = []
@@ -32,8 +40,13 @@ def write_backchannel_corpus(
             {"word": "there", "start": 0.5, "end": 0.9},
         ]
         (folder / "transcript.json").write_text(json.dumps(words))
+        extra = {}
+        if reference:
+            np.save(folder / "reference.npy", (0.5 * listener).astype(np.float32))
+            extra["reference"] = f"episodes/{key}/reference.npy"
         episodes.append(
             {
+                **extra,
                 "key": key,
                 "split": ["train", "val", "test"][i % 3],
                 "listener": f"episodes/{key}/listener.npy",

@@ -295,6 +295,76 @@ def test_existing_dataset_with_another_face_model_is_refused(tmp_path):
     assert snapshot() == before
 
 
+# --- the reference listener stream --------------------------------------------------------------
+
+
+def test_reference_stream_is_stored_and_content_addressed(tmp_path):
+    # given: a corpus whose episodes keep a reference listener beside the ground truth
+    write_backchannel_corpus(tmp_path / "c", n=3, reference=True)
+    # when
+    result = dataset_import(path=tmp_path / "c", fmt="backchannel")
+    again = dataset_import(path=tmp_path / "c", fmt="backchannel")
+    # then
+    assert (result.created, again.existing, again.blobs_written) == (3, 3, 0)
+    ep = Episode.objects.get(key="ep-002")
+    reference = np.load(tmp_path / "c" / "episodes" / "ep-002" / "reference.npy")
+    np.testing.assert_array_equal(blobs.load_array(ep.reference_sha), reference)
+    assert ep.reference_sha != ep.listener_sha
+
+
+def test_episodes_without_a_reference_keep_their_content_hash(tmp_path):
+    # given: the same episodes, imported once without and once with a reference stream
+    write_backchannel_corpus(tmp_path / "plain", n=2, name="plain")
+    write_backchannel_corpus(tmp_path / "ref", n=2, name="ref", reference=True)
+    dataset_import(path=tmp_path / "plain", fmt="backchannel")
+    dataset_import(path=tmp_path / "ref", fmt="backchannel")
+    # then: no reference leaves the hash as it was; a reference is part of the content
+    plain = Episode.objects.get(dataset__name="plain", key="ep-000")
+    ref = Episode.objects.get(dataset__name="ref", key="ep-000")
+    assert plain.reference_sha == "" and ref.reference_sha
+    assert plain.listener_sha == ref.listener_sha and plain.content_hash != ref.content_hash
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_reference_is_refused_whole(tmp_path, bad):
+    write_backchannel_corpus(tmp_path / "c", n=3, reference=True)
+    path = tmp_path / "c" / "episodes" / "ep-002" / "reference.npy"
+    array = np.load(path)
+    array[5, 3] = bad
+    np.save(path, array)
+    msg = assert_fails_cleanly(
+        tmp_path / "c", file="episodes/ep-002/reference.npy", field="reference", reason="frame 5"
+    )
+    assert "dim 3" in msg
+    assert media_files() == set()
+
+
+@pytest.mark.parametrize(
+    "shape, reason", [((59, 18), "shape (59, 18)"), ((60, 17), "shape (60, 17)"), ((60,), "2 dim")]
+)
+def test_reference_of_the_wrong_shape_is_refused_whole(tmp_path, shape, reason):
+    write_backchannel_corpus(tmp_path / "c", n=3, reference=True)
+    np.save(tmp_path / "c" / "episodes" / "ep-001" / "reference.npy", np.zeros(shape, np.float32))
+    msg = assert_fails_cleanly(
+        tmp_path / "c", file="ep-001/reference.npy", field="reference", reason=reason
+    )
+    assert media_files() == set(), msg
+
+
+def test_reference_named_in_the_manifest_must_be_an_npy_in_the_import(tmp_path):
+    manifest = write_backchannel_corpus(tmp_path / "c", n=2, reference=True)
+    manifest["episodes"][1]["reference"] = "episodes/ep-001/missing.npy"
+    write_manifest(tmp_path / "c", manifest)
+    assert_fails_cleanly(
+        tmp_path / "c", file="manifest.json", field="episodes[1].reference", reason="not in"
+    )
+    manifest["episodes"][1]["reference"] = "episodes/ep-001/transcript.json"
+    write_manifest(tmp_path / "c", manifest)
+    assert_fails_cleanly(
+        tmp_path / "c", file="manifest.json", field="episodes[1].reference", reason=".npy"
+    )
+
+
 # --- Learning to Listen ----------------------------------------------------------------------
 
 
