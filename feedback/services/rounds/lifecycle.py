@@ -154,13 +154,16 @@ def version_promote(*, version: PolicyVersion, user=None, rnd: Round | None = No
 
 @transaction.atomic
 def version_rollback(*, lineage: str, user=None) -> Promotion:
-    """Promote again the version that was promoted before the current one."""
+    """Promote again the version the current one replaced when it was promoted."""
     current = promoted_version(lineage)
     if current is None:
         raise RoundError(f"lineage {lineage!r} has no promoted version")
-    last = (Promotion.objects.filter(lineage=lineage, version=current, previous__isnull=False)
+    # The promotion that made the current version serve in the first place (a rollback to it
+    # is not one: rolling back twice goes further back, never forward again).
+    last = (Promotion.objects.filter(lineage=lineage, version=current,
+                                     action=VersionAction.PROMOTE)
             .order_by("-at", "-pk").first())
-    if last is None:
+    if last is None or last.previous_id is None:
         raise RoundError(f"{current.name} has no earlier promoted version to roll back to")
     return version_promote(version=last.previous, user=user, action=VersionAction.ROLLBACK)
 
