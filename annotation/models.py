@@ -26,7 +26,7 @@ class CampaignStatus(models.TextChoices):
     DRAFT = "draft"  # being prepared: items and clips are made, nobody is served
     ACTIVE = "active"  # serving raters
     PAUSED = "paused"  # nobody is served; leases run out, judgments already sent are kept
-    CLOSED = "closed"  # finished for good
+    CLOSED = "closed"  # finished for good: its leases end, no more answers are taken
 
 
 CRITERIA = ("empathy", "appropriateness", "engagement", "naturalness")

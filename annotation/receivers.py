@@ -1,13 +1,32 @@
-"""What the annotation app does when an app below it says something happened (connected in
-``AnnotationConfig.ready``)."""
+"""What the annotation app does when an app below it, or Django's auth, says something happened
+(connected in ``AnnotationConfig.ready``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.http import HttpRequest
+
 from annotation.services.campaign_items import campaign_sampling_advance
+from annotation.services.sign_in import client_address, sign_in_failed, sign_in_succeeded
 
 
 def on_candidate_job_finished(sender: type, *, job_id: int, **kwargs: Any) -> None:
     """A campaign waiting for this job's candidates may now be built (or has failed)."""
     campaign_sampling_advance(job_id=job_id)
+
+
+def on_sign_in_failed(sender: str, *, credentials: dict, request: HttpRequest | None = None,
+                      **kwargs: Any) -> None:
+    """A password check failed (the site's sign-in form, the admin's, any ``authenticate``
+    call with a request): count it for the throttle."""
+    if request is None:  # not a person at a form (a management command, say)
+        return
+    username = str(credentials.get(get_user_model().USERNAME_FIELD) or "")
+    sign_in_failed(username=username, address=client_address(request))
+
+
+def on_signed_in(sender: type, *, user, **kwargs: Any) -> None:
+    """A right password (or an invite) signed someone in: their name's failures are forgotten."""
+    sign_in_succeeded(username=user.get_username())

@@ -10,7 +10,8 @@ In this module:
 
 * refusals: every code a rating call can answer with, its HTTP status and its words;
 * the shape of an answer (``answer_shape``), what needs neither its lease nor its campaign;
-* the lease checks (``lease_refusal``) and what a failed store means (``store_refusal``);
+* the lease checks (``lease_refusal``, ``heartbeat_refusal``) and what a failed store means
+  (``store_refusal``);
 * what an answer means in the item's terms (``answer_meaning``): the side pressed mapped to the
   item's slot, group scores put in slot order, refused when the answer does not fit its
   campaign;
@@ -53,6 +54,9 @@ REFUSALS = {
     "account_disabled": (403, "this account has been switched off"),
     "not_enrolled": (404, "you are not enrolled in this campaign; open the invite link you "
                           "were given"),
+    "campaign_closed": (409, "this campaign is closed: it takes no more answers"),
+    "campaign_paused": (409, "this campaign is paused: its items are not kept for you; come "
+                             "back when it resumes"),
 }
 
 
@@ -89,14 +93,31 @@ def misfit(key: str, size: int | None = None) -> LeaseError:
 # --- the lease -------------------------------------------------------------------------------
 
 def lease_refusal(*, rater_id: int, lease_rater_id: int, rater_active: bool, status: str,
-                  expired: bool) -> str | None:
-    """Why a lease cannot take a heartbeat or an answer from this rater (a refusal code), or
-    None. ``expired``: its time ran out by the database's clock."""
+                  expired: bool, campaign_status: str) -> str | None:
+    """Why a lease cannot take an answer from this rater (a refusal code), or None.
+    ``expired``: its time ran out by the database's clock. A closed campaign takes nothing more,
+    whatever its leases say (closing ends them, so their own state would only say "expired").
+    A paused campaign's live leases still take their answers: the rater was on the item."""
     if not rater_active:
         return "account_disabled"
     if lease_rater_id != rater_id:
         return "not_your_lease"
+    if campaign_status == CampaignStatus.CLOSED:
+        return "campaign_closed"
     return _not_live(status=status, expired=expired)
+
+
+def heartbeat_refusal(*, rater_id: int, lease_rater_id: int, rater_active: bool, status: str,
+                      expired: bool, campaign_status: str) -> str | None:
+    """Why a lease cannot be kept alive (a refusal code), or None: the answer's checks, and a
+    campaign that is not serving. A paused campaign's leases are not extended, so they run out
+    within ``lease_seconds`` and their items wait, unheld, for the campaign to resume."""
+    code = lease_refusal(rater_id=rater_id, lease_rater_id=lease_rater_id,
+                         rater_active=rater_active, status=status, expired=expired,
+                         campaign_status=campaign_status)
+    if code is None and campaign_status != CampaignStatus.ACTIVE:
+        return "campaign_paused"
+    return code
 
 
 def _not_live(*, status: str, expired: bool) -> str | None:
@@ -107,9 +128,13 @@ def _not_live(*, status: str, expired: bool) -> str | None:
     return None
 
 
-def store_refusal(*, key_taken: bool, status: str, expired: bool) -> str:
+def store_refusal(*, key_taken: bool, status: str, expired: bool, campaign_status: str) -> str:
     """Why an answer that passed the checks was not stored after all: its lease was answered
-    or ran out while the answer waited for its lock, or its key belongs to another lease."""
+    or ran out while the answer waited for its lock (or its campaign was closed, which ends its
+    leases), or its key belongs to another lease. ``campaign_status``: as read after the
+    lock."""
+    if campaign_status == CampaignStatus.CLOSED:
+        return "campaign_closed"
     code = _not_live(status=status, expired=expired)
     if code is None and not key_taken:
         raise AssertionError("an answer was neither stored nor refused")

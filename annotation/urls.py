@@ -1,5 +1,6 @@
 """Included at the site root by config/urls.py."""
 
+from django.contrib.auth.views import LogoutView
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
@@ -8,6 +9,9 @@ from annotation import apis, views
 app_name = "annotation"
 
 urlpatterns = [
+    # Signing in and out (settings.LOGIN_URL); raters are signed in by their invite link.
+    path("accounts/login/", views.sign_in, name="sign-in"),
+    path("accounts/logout/", LogoutView.as_view(), name="sign-out"),  # POST only
     # Raters.
     path("rate/invite/<str:token>/", views.invite, name="invite"),
     path("rate/<slug:slug>/", views.rate, name="rate"),

@@ -1,15 +1,20 @@
-"""Pages: the invite landing page, the rater page, exposure media, researchers' campaign pages."""
+"""Pages: sign-in, the invite landing page, the rater page, exposure media, researchers' campaign
+pages."""
 
 from __future__ import annotations
 
 import json
+import math
 import uuid
+from collections.abc import Callable
+from functools import wraps
 
 import numpy as np
 from django.conf import settings
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView, redirect_to_login
 from django.core import signing
 from django.db.models import Count
 from django.db.models.functions import TruncMinute
@@ -52,12 +57,64 @@ from annotation.services.enrollment import (
     rater_token_make,
 )
 from annotation.services.scheduling import LeaseError, enrollment_for
+from annotation.services.sign_in import client_address, sign_in_wait
 from policy.plots import bar_plot_svg, line_plot_svg
 from rendering.models import ClipStatus
 from rendering.views import clip_file_response
 
 CROWD_EXTRA = ("STUDY_ID", "SESSION_ID")
 _ZERO = uuid.UUID(int=0)  # placeholder in URL templates the page fills in
+
+
+# -- sign-in ----------------------------------------------------------------------------------
+
+def sign_in_throttled(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A sign-in form's view, refusing attempts (429) while ``sign_in_wait`` says to wait,
+    before any password is checked. Failures are counted where a password check fails
+    (``receivers.on_sign_in_failed``), whichever form it came from."""
+
+    @wraps(view)
+    @never_cache
+    def throttled(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if request.method == "POST":
+            wait = sign_in_wait(username=request.POST.get("username", ""),
+                                address=client_address(request))
+            if wait:
+                minutes = max(1, math.ceil(wait / 60))
+                reply = render(request, "annotation/sign_in.html", {
+                    "refused": f"Too many failed sign-ins for this account or from this "
+                               f"address. Try again in {minutes} minute"
+                               f"{'s' if minutes > 1 else ''}."}, status=429)
+                reply["Retry-After"] = str(wait)
+                return reply
+        return view(request, *args, **kwargs)
+
+    return throttled
+
+
+class SignInView(LoginView):
+    """Sign-in for researchers and raters (the admin's form takes staff accounts only)."""
+
+    template_name = "annotation/sign_in.html"
+
+
+sign_in = sign_in_throttled(SignInView.as_view())
+
+
+def admin_sign_in(request: HttpRequest, **kwargs) -> HttpResponse:
+    """The admin's sign-in form, throttled as the site's. A page outside the admin that sends
+    someone signed out here goes to the site's form instead, which takes accounts that are not
+    staff."""
+    target = request.GET.get("next", "")
+    if (request.method == "GET" and target and not request.user.is_authenticated
+            and not target.startswith(reverse("admin:index"))):
+        return redirect_to_login(target)
+    return _admin_sign_in(request, **kwargs)
+
+
+@sign_in_throttled
+def _admin_sign_in(request: HttpRequest, **kwargs) -> HttpResponse:
+    return admin.site.login(request, **kwargs)
 
 
 @require_http_methods(["GET", "POST"])
@@ -149,7 +206,7 @@ def media(request: HttpRequest, token: str, name: str) -> HttpResponse:
 
 def _researcher(request: HttpRequest) -> HttpResponse | None:
     if not request.user.is_authenticated:
-        return redirect(f"{reverse('admin:login')}?next={request.path}")
+        return redirect_to_login(request.get_full_path())
     if not is_researcher(request.user):
         return HttpResponseForbidden("researchers only")
     return None

@@ -92,12 +92,32 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Shared state between web processes: the sign-in throttle's counts. Redis in production
+# (docker-compose.yml sets CACHE_URL=redis://redis:6379/1), so every process counts together;
+# local memory by default, which counts per process.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# Sign-in for researchers and raters (the admin's form is for staff); pages that need a user send
+# people there.
+LOGIN_URL = "annotation:sign-in"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "annotation:sign-in"
+# Failed sign-ins (this form and the admin's) are counted per username and per client address in
+# the cache, in windows of SIGN_IN_WINDOW_S; past either limit, attempts are refused (429) until
+# the window ends. A shared address (a lab, a NAT) has many people behind it, hence its larger
+# limit. SIGN_IN_PROXIES: the proxies in front of the site that append to X-Forwarded-For (the
+# client's address is read that many entries from its end; 0: the connection's address).
+SIGN_IN_MAX_FAILURES = env.int("SIGN_IN_MAX_FAILURES", default=5)
+SIGN_IN_MAX_FAILURES_PER_ADDRESS = env.int("SIGN_IN_MAX_FAILURES_PER_ADDRESS", default=20)
+SIGN_IN_WINDOW_S = env.int("SIGN_IN_WINDOW_S", default=900)
+SIGN_IN_PROXIES = env.int("SIGN_IN_PROXIES", default=0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

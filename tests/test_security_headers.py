@@ -42,6 +42,7 @@ def test_every_html_page_carries_the_content_security_policy(campaign, researche
         (research, reverse("feedback:quality", args=[campaign.slug])),
         (rate, reverse("annotation:rate", args=[campaign.slug])),
         (Client(), reverse("admin:login")),
+        (Client(), reverse("annotation:sign-in")),
     ]
     for client, url in pages:
         # when

@@ -61,6 +61,7 @@ from annotation.services.campaign_settings import (
     refuse,
     settings_check,
 )
+from annotation.services.scheduling import campaign_leases_end
 from policy.models import Dataset, Episode, JobStatus
 from policy.services.candidates import candidates_ground_truth
 from rendering.models import Clip, ClipStatus
@@ -219,7 +220,8 @@ def campaign_start_refusal(campaign: Campaign) -> str:
 @transaction.atomic
 def campaign_set_status(*, campaign: Campaign, status: str) -> Campaign:
     """Start, pause, resume or close a campaign (``TRANSITIONS``). It starts only when every
-    clip is rendered. Asking for the status it has already changes nothing."""
+    clip is rendered; closing it ends its live leases. Asking for the status it has already
+    changes nothing."""
     if status not in CampaignStatus.values:
         raise refuse("status", f"expected one of {', '.join(CampaignStatus.values)}")
     campaign = _locked(campaign)
@@ -235,7 +237,13 @@ def campaign_set_status(*, campaign: Campaign, status: str) -> Campaign:
         raise refuse("status", reason)
     before, campaign.status = campaign.status, status
     campaign.save(update_fields=["status"])
-    logger.info("campaign %s: %s -> %s", campaign.slug, before, status)
+    ended = 0
+    if status == CampaignStatus.CLOSED:
+        # In the same transaction: a heartbeat or an answer that waits for a lease's lock finds
+        # it ended. (Pausing leaves them to run out: heartbeats no longer extend them.)
+        ended = campaign_leases_end(campaign_id=campaign.pk)
+    logger.info("campaign %s: %s -> %s (%d live leases ended)", campaign.slug, before, status,
+                ended)
     return campaign
 
 

@@ -147,10 +147,11 @@ def _stored_before(rater, context: _Context, key: uuid.UUID) -> Judgment | None:
     answer it took (then that judgment)."""
     code = rules.lease_refusal(rater_id=rater.pk, lease_rater_id=context.lease_rater_id,
                                rater_active=context.seat.rater_active,
-                               status=context.lease_status, expired=context.lease_expired)
+                               status=context.lease_status, expired=context.lease_expired,
+                               campaign_status=context.seat.campaign_status)
     if code is None:
         return None
-    if code in ("already_answered", "lease_expired"):
+    if code in ("already_answered", "lease_expired", "campaign_closed"):
         stored = Judgment.objects.filter(idempotency_key=key, rater_id=rater.pk,
                                          assignment_id=context.lease_id).first()
         if stored is not None:
@@ -206,8 +207,8 @@ def judgment_submit(
     whatever its lease); then the lease, then the answer against the lease's campaign.
 
     Raises ``LeaseError`` with the status to answer: 400 malformed, 403 another rater's lease
-    or a switched-off account, 404 unknown lease, 409 answered already (with another key) or key
-    reused, 410 lease expired.
+    or a switched-off account, 404 unknown lease, 409 answered already (with another key), key
+    reused or the campaign closed, 410 lease expired.
     """
     try:
         key = uuid.UUID(str(idempotency_key))
@@ -328,7 +329,8 @@ def _submit_in_db(rater, token: str, campaign_id: int | None, key: uuid.UUID,
     if result != "stored":
         raise refusal(rules.store_refusal(key_taken=result == "key_taken",
                                           status=row["lease_status"] or "",
-                                          expired=bool(row["lease_expired"])))
+                                          expired=bool(row["lease_expired"]),
+                                          campaign_status=row["campaign_status"] or ""))
     judgment.pk = row["judgment_id"]
     seat.n_judgments, seat.probes_failed = row["n_judgments"], row["probes_failed"]
     seat.blocked = bool(row["blocked"])

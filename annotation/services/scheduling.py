@@ -42,7 +42,7 @@ from annotation.models import (
 from annotation.rules import LeaseError, refusal
 
 __all__ = ["LeaseError", "NextResult", "Seat", "assignment_heartbeat", "assignments_expire",
-           "assignments_next", "enrollment_for", "seat_top_up"]
+           "assignments_next", "campaign_leases_end", "enrollment_for", "seat_top_up"]
 
 logger = logging.getLogger(__name__)
 
@@ -311,6 +311,14 @@ def leases_end(*, rater_id: int, campaign_id: int) -> int:
         status=AssignmentStatus.EXPIRED)
 
 
+def campaign_leases_end(*, campaign_id: int) -> int:
+    """End every live lease in a campaign now (it was closed): no heartbeat keeps them, and an
+    answer that waited for a lease's lock finds it ended."""
+    return Assignment.objects.filter(campaign_id=campaign_id,
+                                     status=AssignmentStatus.ACTIVE).update(
+        status=AssignmentStatus.EXPIRED)
+
+
 def _lease_one(seat: Seat, *, probe: str) -> Assignment | None:  # portable path
     """One new lease: the probe asked for ('' for none) if one can be served, otherwise the
     next regular item. Probes are served only while regular items remain."""
@@ -453,7 +461,7 @@ def _lease_probe(seat: Seat, probe: str) -> Assignment | None:
 _LEASE_STATE = (
     "SELECT a.rater_id AS lease_rater_id, a.status AS lease_status, "
     "a.expires_at AS expires_at, a.campaign_id AS campaign_id, "
-    "c.lease_seconds AS lease_seconds, u.is_active AS rater_active "
+    "c.status AS campaign_status, c.lease_seconds AS lease_seconds, u.is_active AS rater_active "
     "FROM annotation_assignment a JOIN annotation_campaign c ON c.id = a.campaign_id "
     "JOIN auth_user u ON u.id = a.rater_id WHERE a.token = %s"
 )
@@ -493,9 +501,11 @@ def _heartbeat_refusal(rater, row: dict | None, campaign_id: int | None) -> None
     """Raises the refusal for a heartbeat on this lease state, if any."""
     if row is None or (campaign_id is not None and row["campaign_id"] != campaign_id):
         raise refusal("no_such_assignment")
-    code = rules.lease_refusal(rater_id=rater.pk, lease_rater_id=row["lease_rater_id"],
-                               rater_active=bool(row["rater_active"]),
-                               status=row["lease_status"], expired=bool(row["lease_expired"]))
+    code = rules.heartbeat_refusal(rater_id=rater.pk, lease_rater_id=row["lease_rater_id"],
+                                   rater_active=bool(row["rater_active"]),
+                                   status=row["lease_status"],
+                                   expired=bool(row["lease_expired"]),
+                                   campaign_status=row["campaign_status"])
     if code is not None:
         raise refusal(code)
 

@@ -1,6 +1,7 @@
 -- Store an answer that annotation.rules has already read, checked and given its meaning:
--- mechanics only, in one call. Lock the lease (it must be p_rater's); if it is no longer live,
--- return the judgment this key stored on it (a retry) or the lease's state; refuse a key that
+-- mechanics only, in one call. Lock the lease (it must be p_rater's); if it is no longer live
+-- (answered, run out, or its campaign closed, which ends its leases), return the judgment this
+-- key stored on it (a retry) or the lease's state; refuse a key that
 -- another lease's answer took; for a regular item take the item's lock (leasing holds it while
 -- counting live leases) and only then read the clock, so that a lease a concurrent leaser
 -- already saw as expired is refused; count the answer on the item, insert the judgment as
@@ -9,15 +10,16 @@
 -- subtransaction of its own (its failure never costs the answer).
 --
 -- result: 'stored'; 'stored_before' (judgment_id: this key's judgment on this lease);
--- 'not_live' (lease_status, lease_expired say why); 'key_taken'; 'gone' (no such lease of
--- p_rater's).
+-- 'not_live' (lease_status, lease_expired and campaign_status, read after the lock, say
+-- why); 'key_taken'; 'gone' (no such lease of p_rater's).
 CREATE OR REPLACE FUNCTION annotation_answer(
     p_token uuid, p_rater bigint, p_key uuid, p_choice text, p_outcome text,
     p_strength integer, p_reasons jsonb, p_scores jsonb, p_qc jsonb, p_passed integer,
     p_failed integer, p_block boolean, p_decision_ms integer, p_viewing_ms integer,
     p_playback jsonb, p_now timestamptz, p_target integer, p_probes text[])
 RETURNS TABLE (result text, judgment_id bigint, lease_status text, lease_expired boolean,
-               n_judgments integer, probes_failed integer, blocked boolean, leases jsonb)
+               campaign_status text, n_judgments integer, probes_failed integer,
+               blocked boolean, leases jsonb)
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
@@ -26,8 +28,8 @@ DECLARE
     v_id bigint;
 BEGIN
     SELECT x.id, x.status, x.expires_at, x.item_id, x.probe, x."order", x.campaign_id,
-           c.per_rater_limit, c.overlap, c.active_order, c.lease_seconds,
-           en.id AS enrollment_id INTO a
+           c.status AS campaign_status, c.per_rater_limit, c.overlap, c.active_order,
+           c.lease_seconds, en.id AS enrollment_id INTO a
       FROM annotation_assignment x
       JOIN annotation_campaign c ON c.id = x.campaign_id
       JOIN annotation_enrollment en ON en.campaign_id = x.campaign_id
@@ -39,7 +41,8 @@ BEGIN
         RETURN NEXT;
         RETURN;
     END IF;
-    IF a.status <> 'active' OR a.expires_at <= clock_timestamp() THEN
+    IF a.status <> 'active' OR a.expires_at <= clock_timestamp()
+       OR a.campaign_status = 'closed' THEN
         SELECT j.id INTO v_id FROM annotation_judgment j
          WHERE j.idempotency_key = p_key AND j.assignment_id = a.id;
         IF FOUND THEN
@@ -53,6 +56,9 @@ BEGIN
             result := 'not_live';
             lease_status := a.status;
             lease_expired := a.expires_at <= clock_timestamp();
+            -- A fresh snapshot: a close that ended this lease while we waited for its lock.
+            SELECT c.status INTO campaign_status FROM annotation_campaign c
+             WHERE c.id = a.campaign_id;
         END IF;
         RETURN NEXT;
         RETURN;

@@ -18,6 +18,7 @@ from annotation.rules import (
     blocks,
     group_best,
     group_pairs,
+    heartbeat_refusal,
     lease_refusal,
     probe_counts,
     probe_draws,
@@ -200,22 +201,47 @@ def test_a_raters_first_item_is_never_a_probe():
     ({"status": "submitted"}, "already_answered"),
     ({"status": "expired"}, "lease_expired"),
     ({"expired": True}, "lease_expired"),
-    # the account first, then whose lease it is, then its state
+    # a closed campaign takes nothing more; a paused one's live leases still take answers
+    ({"campaign_status": "closed"}, "campaign_closed"),
+    ({"campaign_status": "closed", "status": "expired"}, "campaign_closed"),
+    ({"campaign_status": "paused"}, None),
+    # the account first, then whose lease it is, then its campaign, then its state
     ({"rater_active": False, "lease_rater_id": 8, "status": "submitted"}, "account_disabled"),
     ({"lease_rater_id": 8, "status": "submitted"}, "not_your_lease"),
+    ({"lease_rater_id": 8, "campaign_status": "closed"}, "not_your_lease"),
 ])
 def test_lease_refusals(kw, code):
     args = {"rater_id": 7, "lease_rater_id": 7, "rater_active": True, "status": "active",
-            "expired": False, **kw}
+            "expired": False, "campaign_status": "active", **kw}
     assert lease_refusal(**args) == code
 
 
+@pytest.mark.parametrize("kw, code", [
+    ({}, None),
+    ({"campaign_status": "paused"}, "campaign_paused"),
+    ({"campaign_status": "closed"}, "campaign_closed"),
+    # the lease's own refusals come first: a paused campaign's ended lease has ended
+    ({"campaign_status": "paused", "expired": True}, "lease_expired"),
+    ({"campaign_status": "paused", "lease_rater_id": 8}, "not_your_lease"),
+])
+def test_heartbeat_refusals(kw, code):
+    args = {"rater_id": 7, "lease_rater_id": 7, "rater_active": True, "status": "active",
+            "expired": False, "campaign_status": "active", **kw}
+    assert heartbeat_refusal(**args) == code
+
+
 def test_a_store_that_did_not_happen_is_named():
-    assert store_refusal(key_taken=False, status="submitted", expired=False) == "already_answered"
-    assert store_refusal(key_taken=False, status="active", expired=True) == "lease_expired"
-    assert store_refusal(key_taken=True, status="active", expired=False) == "key_reused"
+    def named(**kw):
+        return store_refusal(**{"campaign_status": "active", **kw})
+
+    assert named(key_taken=False, status="submitted", expired=False) == "already_answered"
+    assert named(key_taken=False, status="active", expired=True) == "lease_expired"
+    assert named(key_taken=True, status="active", expired=False) == "key_reused"
+    # closing ends the leases: the campaign names the refusal, not the lease it ended
+    assert named(key_taken=False, status="expired", expired=False,
+                 campaign_status="closed") == "campaign_closed"
     with pytest.raises(AssertionError):
-        store_refusal(key_taken=False, status="active", expired=False)
+        named(key_taken=False, status="active", expired=False)
 
 
 def test_every_refusal_has_a_status_and_words():

@@ -494,7 +494,9 @@
       try {
         const res = await post(cfg.api.heartbeat.replace("TOKEN", current.data.id));
         if (res.status === 410 || res.status === 409) {
-          banner("This item was open too long; loading a fresh one.", "info");
+          // a paused or closed campaign says so; the next call shows what the rater gets now
+          const said = res.data && /^campaign_/.test(res.data.error || "") && res.data.detail;
+          banner(said || "This item was open too long; loading a fresh one.", "info");
           if (!busy) { busy = true; try { await loadNext(); } finally { busy = false; } }
         }
       } catch (e) { /* the next beat will try again */ }
