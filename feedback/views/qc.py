@@ -8,9 +8,9 @@ from html import escape
 
 import numpy as np
 from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from annotation.models import Enrollment
@@ -34,7 +34,7 @@ _FONT = 'font-family="sans-serif"'
 @require_http_methods(["GET", "POST"])
 def quality(request: HttpRequest, slug: str) -> HttpResponse:
     if not request.user.is_authenticated:
-        return redirect(f"{reverse('admin:login')}?next={request.path}")
+        return redirect_to_login(request.get_full_path())
     if not is_researcher(request.user):
         return HttpResponseForbidden("researchers only")
     campaign = campaign_get_for(request.user, slug)

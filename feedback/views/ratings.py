@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from html import escape
 
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from annotation.selectors import campaign_get_for
@@ -140,7 +140,7 @@ def campaign_ratings_page(request: HttpRequest, slug: str) -> HttpResponse:
     quality control excluded; ``?bootstrap=1`` draws bootstrap intervals instead of sandwich
     ones."""
     if not request.user.is_authenticated:
-        return redirect(f"{reverse('admin:login')}?next={request.path}")
+        return redirect_to_login(request.get_full_path())
     campaign = campaign_get_for(request.user, slug)
     if campaign is None:
         raise Http404("no such campaign")

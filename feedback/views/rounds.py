@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 from django import forms
 from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -37,7 +37,7 @@ ACTIONS = {"cancel": round_cancel, "resume": round_resume, "promote": round_prom
 
 def _admin(request: HttpRequest) -> HttpResponse | None:
     if not request.user.is_authenticated:
-        return redirect(f"{reverse('admin:login')}?next={request.path}")
+        return redirect_to_login(request.get_full_path())
     if not is_admin(request.user):
         return HttpResponseForbidden("admins only")
     return None

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from annotation.roles import is_researcher
@@ -54,7 +54,7 @@ class SnapshotForm(forms.Form):
 
 def _researcher(request: HttpRequest) -> HttpResponse | None:
     if not request.user.is_authenticated:
-        return redirect(f"{reverse('admin:login')}?next={request.path}")
+        return redirect_to_login(request.get_full_path())
     if not is_researcher(request.user):
         return HttpResponseForbidden("researchers only")
     return None
