@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,11 +57,12 @@ GOALS = {"best_win_rate": 0.65, "max_ratio": 1.10, "random_max_win_rate": 0.52,
 
 SIZES = {
     "cpu": {"episodes": 400, "judgments": 2000, "sft": "demo", "sft_steps": 600,
-            "critic": {"d_model": 64, "n_layers": 2, "n_heads": 4, "members": 4,
-                       "epochs": 6.0, "batch_size": 32},
-            "optimise": {"max_steps": 120, "batch_size": 8, "val_every": 40, "val_k": 2,
-                         "val_limit": 16, "k": 4},
-            "eval_episodes": 40, "eval_k": 4},
+            "critic": {"d_model": 32, "n_layers": 1, "n_heads": 2, "members": 4,
+                       "epochs": 3.0, "batch_size": 32},
+            "optimise": {"max_steps": 60, "batch_size": 8, "val_every": 20, "val_k": 2,
+                         "val_limit": 12, "k": 4, "lr": 3e-4},
+            "critic_method": {"max_steps": 30, "batch_size": 4},
+            "eval_episodes": 30, "eval_k": 4},
     "cuda": {"episodes": 1500, "judgments": 10000, "sft": "default", "sft_steps": 2000,
              "critic": {"d_model": 128, "n_layers": 3, "n_heads": 4, "members": 4,
                         "epochs": 4.0, "batch_size": 64},
@@ -81,12 +83,25 @@ def _oracle(candidate: np.ndarray, episode) -> float:
     return oracle_total(candidate, episode)
 
 
-def _parent(train_eps, val_eps, size: dict, device: str):
+CACHE = Path("var/benchmarks/round")
+
+
+def _parent(train_eps, val_eps, size: dict, device: str, key: str):
+    """The SFT parent, trained once per corpus and settings and kept under ``CACHE`` (training
+    is deterministic, so a cached parent is the one this run would train)."""
+    from policy.ml.checkpoint import load_policy
+
     model, tcfg = ((DEMO_MODEL, DEMO_TRAIN) if size["sft"] == "demo"
                    else (ModelConfig(), TrainConfig()))
     tcfg = dataclasses.replace(tcfg, max_steps=size["sft_steps"], device=device,
                                log_every=max(1, size["sft_steps"] // 10))
-    return train(train_eps, model, tcfg, val_episodes=val_eps[:16] or None).policy
+    path = CACHE / f"parent-{key}-{size['sft']}-{size['sft_steps']}-{device}.pt"
+    if path.exists():
+        logger.info("SFT parent from %s", path)
+        return load_policy(path, device=pick_device(device))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return train(train_eps, model, tcfg, val_episodes=val_eps[:16] or None,
+                 checkpoint_path=path).policy
 
 
 def _pools(policy, episodes, k: int, seed: int) -> dict:
@@ -163,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     test_eps = [e for e in corpus if e.split == "test"][: size["eval_episodes"]]
     step("corpus", t0)
     t0 = time.perf_counter()
-    parent = _parent(train_eps, val_eps, size, dev)
+    parent = _parent(train_eps, val_eps, size, dev,
+                     f"{size['episodes']}-{args.seed}-{args.mixed}")
     step("sft_parent", t0)
     by_key = {e.key: e for e in corpus}
 
