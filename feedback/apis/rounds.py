@@ -16,17 +16,13 @@ from annotation.models import Campaign
 from annotation.roles import is_admin
 from feedback.models import Round
 from feedback.services.rounds import (
+    ROUND_ACTIONS,
     RoundError,
-    round_cancel,
-    round_decline,
-    round_promote,
-    round_resume,
     round_start,
     version_rollback,
 )
 
-ACTIONS = {"cancel": round_cancel, "resume": round_resume, "promote": round_promote,
-           "keep_parent": round_decline}
+ACTIONS = ROUND_ACTIONS
 
 
 class IsAdmin(BasePermission):

@@ -19,11 +19,8 @@ from feedback.models import ROUND_STEPS, Promotion, Round, RoundStatus
 from feedback.services.rounds import (
     DEFAULTS,
     METHODS,
+    ROUND_ACTIONS,
     RoundError,
-    round_cancel,
-    round_decline,
-    round_promote,
-    round_resume,
     round_start,
     version_promote,
     version_rollback,
@@ -31,8 +28,7 @@ from feedback.services.rounds import (
 from policy.models import PolicyVersion
 from policy.plots import line_plot_svg
 
-ACTIONS = {"cancel": round_cancel, "resume": round_resume, "promote": round_promote,
-           "keep_parent": round_decline}
+ACTIONS = ROUND_ACTIONS
 
 
 def _admin(request: HttpRequest) -> HttpResponse | None:

@@ -49,7 +49,14 @@ import torch.nn.functional as F
 
 from .checkpoint import _canonical, _cpu, file_sha256
 from .config import ModelConfig, _from_dict
-from .data import EpisodeData, Prepared, check_episodes, episode_from, prepare_episode
+from .data import (
+    EpisodeData,
+    Prepared,
+    check_episodes,
+    episode_from,
+    pad_stack,
+    prepare_episode,
+)
 from .device import autocast, pick_device
 from .errors import CheckpointError
 from .model import Block, VideoEncoder
@@ -231,15 +238,8 @@ class _Inputs:
         t = int(self.lengths.max())
 
         def pad(parts: list[torch.Tensor | None]) -> tuple[torch.Tensor | None, torch.Tensor]:
-            like = next((x for x in parts if x is not None), None)
-            present = torch.tensor([x is not None for x in parts], device=device)  # (E,)
-            if like is None:
-                return None, present
-            out = torch.zeros((len(parts), t, *like.shape[1:]), dtype=like.dtype)
-            for i, x in enumerate(parts):
-                if x is not None:
-                    out[i, : len(x)] = x
-            return out.to(device), present
+            out, present = pad_stack(parts, t)  # (E, T, ...), (E,)
+            return (None if out is None else out.to(device)), present.to(device)
 
         self.speaker, _ = pad([p.speaker for p in prepared])  # (E, T, D)
         self.mel, self.mel_present = pad([p.mel for p in prepared])  # (E, T, M)

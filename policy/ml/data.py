@@ -201,6 +201,21 @@ def prepare_episode(ep: EpisodeData, cfg: ModelConfig, stats: dict[str, torch.Te
                     video=_shift(raw["video"], la), listener_ids=ids, listener_in=listener_in)
 
 
+def pad_stack(parts: Sequence[torch.Tensor | None], length: int,
+              ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(E, length, ...) zero-padded stack of (T_i, ...) tensors (None where every part is
+    None), and the (E,) mask of the parts present."""
+    present = torch.tensor([p is not None for p in parts])
+    like = next((p for p in parts if p is not None), None)
+    if like is None:
+        return None, present
+    out = torch.zeros((len(parts), length, *like.shape[1:]), dtype=like.dtype)
+    for i, p in enumerate(parts):
+        if p is not None:
+            out[i, : len(p)] = p
+    return out, present
+
+
 # --- training windows ------------------------------------------------------------------------
 
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from . import metrics
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .config import SampleConfig, TrainConfig, _from_dict
-from .data import EpisodeData, Prepared, check_episodes, prepare_episode
+from .data import EpisodeData, Prepared, check_episodes, pad_stack, prepare_episode
 from .device import autocast, pick_device
 from .evaluate import target
 from .model import VLA
@@ -89,20 +89,6 @@ class SequenceBatch:
         return self.mask.sum(1) * self.ids.shape[-1]
 
 
-def _stack(parts: Sequence[torch.Tensor | None], length: int,
-           ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(B, length, ...) zero-padded stack of (T_i, ...) tensors, and the (B,) presence mask."""
-    present = torch.tensor([p is not None for p in parts])
-    like = next((p for p in parts if p is not None), None)
-    if like is None:
-        return None, present
-    out = torch.zeros((len(parts), length, *like.shape[1:]), dtype=like.dtype)
-    for i, p in enumerate(parts):
-        if p is not None:
-            out[i, : len(p)] = p
-    return out, present
-
-
 def sequence_batch(model: VLA, prepared: Sequence[Prepared], listener_ids: Sequence[torch.Tensor],
                    tokenizer=None) -> SequenceBatch:
     """Inputs and targets for scoring ``listener_ids[i]`` (T_i, D) as answers to ``prepared[i]``.
@@ -124,7 +110,7 @@ def sequence_batch(model: VLA, prepared: Sequence[Prepared], listener_ids: Seque
                              f"{model.cfg.n_bins - 1}")
     length = max(p.n_frames for p in prepared)
     n_pos = -(-length // chunk)  # chunk starts
-    ids, _ = _stack([i.long().cpu() for i in listener_ids], n_pos * chunk)  # (B, P * C, D)
+    ids, _ = pad_stack([i.long().cpu() for i in listener_ids], n_pos * chunk)  # (B, P * C, D)
     mask = torch.arange(n_pos * chunk)[None, :] < torch.tensor([p.n_frames for p in prepared]
                                                                )[:, None]  # (B, P * C)
     if tokenizer is not None:
@@ -134,10 +120,10 @@ def sequence_batch(model: VLA, prepared: Sequence[Prepared], listener_ids: Seque
     actions = actions[:, :length] * mask[:, :length, None]
     prev = torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], dim=1)  # (B, L, D)
     prev_valid = (torch.arange(length) >= 1)[None, :].expand(len(prepared), -1)  # (B, L)
-    speaker, _ = _stack([p.speaker for p in prepared], length)
-    mel, mel_mask = _stack([p.mel for p in prepared], length)
-    text, _ = _stack([p.text for p in prepared], length)
-    video, video_mask = _stack([p.video for p in prepared], length)
+    speaker, _ = pad_stack([p.speaker for p in prepared], length)
+    mel, mel_mask = pad_stack([p.mel for p in prepared], length)
+    text, _ = pad_stack([p.text for p in prepared], length)
+    video, video_mask = pad_stack([p.video for p in prepared], length)
     inputs = {"speaker": speaker, "mel": mel, "mel_mask": mel_mask, "text": text,
               "video": video, "video_mask": video_mask, "prev": prev, "prev_valid": prev_valid}
     inputs = {k: (v.to(device) if v is not None else None) for k, v in inputs.items()}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .config import SampleConfig
-from .data import Prepared
+from .data import Prepared, pad_stack
 from .device import autocast
 from .model import VLA
 from .tokenizer import ActionTokenizer
@@ -74,20 +74,6 @@ def sampling_noise(group: Sequence[Prepared], cfg: SampleConfig, chunk: int,
     return u.flatten(0, 1).clamp(0.0, 1.0 - 1e-7)
 
 
-def _pad(parts: Sequence[torch.Tensor | None], length: int) -> tuple[torch.Tensor | None,
-                                                                     torch.Tensor]:
-    """Stack (T_i, ...) tensors padded with zeros to ``length``; (E,) presence mask."""
-    present = torch.tensor([p is not None for p in parts])
-    like = next((p for p in parts if p is not None), None)
-    if like is None:
-        return None, present
-    out = torch.zeros((len(parts), length, *like.shape[1:]), dtype=like.dtype)
-    for i, p in enumerate(parts):
-        if p is not None:
-            out[i, : len(p)] = p
-    return out, present
-
-
 @torch.no_grad()
 def _sample_group(model: VLA, tok: ActionTokenizer, group: Sequence[Prepared],
                   cfg: SampleConfig) -> list[np.ndarray]:
@@ -98,10 +84,10 @@ def _sample_group(model: VLA, tok: ActionTokenizer, group: Sequence[Prepared],
     def rows(x: torch.Tensor | None) -> torch.Tensor | None:  # (E, ...) -> (E * K, ...)
         return None if x is None else x.repeat_interleave(k, dim=0).to(device)
 
-    speaker, _ = _pad([p.speaker for p in group], length)
-    mel, mel_mask = _pad([p.mel for p in group], length)
-    text, _ = _pad([p.text for p in group], length)
-    video, video_mask = _pad([p.video for p in group], length)
+    speaker, _ = pad_stack([p.speaker for p in group], length)
+    mel, mel_mask = pad_stack([p.mel for p in group], length)
+    text, _ = pad_stack([p.text for p in group], length)
+    video, video_mask = pad_stack([p.video for p in group], length)
     inputs = {"speaker": rows(speaker), "mel": rows(mel), "mel_mask": rows(mel_mask),
               "text": rows(text), "video": rows(video), "video_mask": rows(video_mask)}
 

@@ -9,6 +9,7 @@ version (promote, keep the parent, roll back), each recorded as a ``Promotion`` 
 
 from .config import DEFAULTS, METHODS, RoundError, round_config_clean
 from .lifecycle import (
+    ROUND_ACTIONS,
     promoted_version,
     round_cancel,
     round_decline,
@@ -22,6 +23,7 @@ from .lifecycle import (
 from .runner import round_folder, round_reap_stale, round_run_here, round_step_run
 
 __all__ = [
+    "ROUND_ACTIONS",
     "DEFAULTS",
     "METHODS",
     "RoundError",

@@ -231,3 +231,8 @@ def rounds_due() -> list[Round]:
         except RoundError as exc:
             logger.info("scheduled round of %s not started: %s", campaign.slug, exc)
     return started
+
+
+# What an admin may do to a round, by the name the page and the API use.
+ROUND_ACTIONS = {"cancel": round_cancel, "resume": round_resume, "promote": round_promote,
+                 "keep_parent": round_decline}
