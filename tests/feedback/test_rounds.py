@@ -428,3 +428,16 @@ def test_a_worker_killed_during_optimisation_resumes_and_registers_one_version(
     assert "attempt 2, resuming" in rnd.log
     assert PolicyVersion.objects.exclude(pk=parent.pk).count() == 1
     assert "feedback.tasks_rounds.round_step_task" in output
+
+
+def test_the_promote_command_promotes_once_and_rolls_back(loop, capsys):
+    _, parent, _ = loop
+    call_command("promote_version", name=parent.name, if_none=True)
+    assert "is promoted already" in capsys.readouterr().out
+    other = PolicyVersion.objects.create(name="tiny-b", checkpoint_sha="b" * 64, config={},
+                                         tokenizer={}, dataset=parent.dataset)
+    call_command("promote_version", name="tiny-b")
+    assert PolicyVersion.objects.get(pk=other.pk).status == VersionStatus.PROMOTED
+    call_command("promote_version", rollback=True, lineage="main")
+    assert PolicyVersion.objects.get(pk=parent.pk).status == VersionStatus.PROMOTED
+    assert "tiny promoted again" in capsys.readouterr().out

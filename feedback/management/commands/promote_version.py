@@ -1,7 +1,7 @@
 """Promote a policy version, or roll a lineage back to its previous promoted version (recorded).
 
-    manage.py promote_version --version sft-demo
-    manage.py promote_version --version sft-demo --if-none   # only if its lineage has none yet
+    manage.py promote_version --name sft-demo
+    manage.py promote_version --name sft-demo --if-none   # only if its lineage has none yet
     manage.py promote_version --rollback --lineage main
 """
 
@@ -22,7 +22,7 @@ class Command(BaseCommand):
     help = "Promote a policy version, or roll a lineage back (each recorded)."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--version", help="the version to promote")
+        parser.add_argument("--name", help="the policy version to promote")
         parser.add_argument("--if-none", action="store_true",
                             help="do nothing when the lineage has a promoted version already")
         parser.add_argument("--rollback", action="store_true")
@@ -35,7 +35,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"{p.lineage}: {p.version.name} promoted again "
                                   f"({p.previous.name} retired)")
                 return
-            version = PolicyVersion.objects.filter(name=opts["version"] or "").first()
+            version = PolicyVersion.objects.filter(name=opts["name"] or "").first()
             if version is None:
                 raise CommandError(f"no policy version {opts['version']!r}")
             current = promoted_version(version.lineage)
