@@ -22,8 +22,10 @@ ratio of PPO/GRPO is 1 and needs no clipping.
 Guards against reward hacking: every ``val_every`` steps (and for the parent at step 0) the
 policy answers the validation episodes; mean L2 and FD against the reference listener (the
 rule-following one where the corpus keeps it) must stay within ``max_l2_ratio`` /
-``max_fd_ratio`` of the parent's. The best validation score among the evaluations within bounds
-is kept; ``patience`` evaluations out of bounds in a row stop the run. Checkpoints resume exactly.
+``max_fd_ratio`` of the parent's. DPO checkpoints must also predict the snapshot's held-out
+pairs better than chance (``min_acc_z`` standard errors above 0.5): weights fitted to random or
+contradictory labels stay near the parent yet learned nothing. The best validation score among
+the evaluations within bounds is kept; ``patience`` evaluations out of bounds in a row stop the run. Checkpoints resume exactly.
 """
 
 from __future__ import annotations
@@ -203,6 +205,9 @@ class PreferenceConfig:
     max_l2_ratio: float = 1.10  # bound on mean L2 to the reference listener, x the parent's
     max_fd_ratio: float = 1.10  # bound on mean FD to the reference listener, x the parent's
     patience: int = 2  # evaluations out of bounds in a row that stop the run
+    min_acc_z: float = 1.645  # DPO methods: a checkpoint is kept only when its accuracy on the
+    #   snapshot's held-out pairs is above chance by this many standard errors (one-sided 95 %);
+    #   weights that do not predict held-out preferences learned nothing from them. 0 disables
     val_k: int = 2  # samples per validation episode
     val_limit: int = 32  # validation episodes used (the first ones given)
     # --- bookkeeping ---
@@ -226,6 +231,7 @@ class PreferenceConfig:
                   ("grad_clip", self.grad_clip >= 0), ("weight_decay", self.weight_decay >= 0),
                   ("val_every", self.val_every >= 0), ("max_l2_ratio", self.max_l2_ratio > 0),
                   ("max_fd_ratio", self.max_fd_ratio > 0), ("patience", self.patience >= 1),
+                  ("min_acc_z", self.min_acc_z >= 0),
                   ("val_k", self.val_k >= 1), ("val_limit", self.val_limit >= 1),
                   ("log_every", self.log_every >= 1),
                   ("checkpoint_every", self.checkpoint_every >= 0)]
@@ -521,12 +527,19 @@ class _Run:
                 z = cfg.beta * ((lp[:, 0] - self.ref_test[:, 0]) - (lp[:, 1] - self.ref_test[:, 1]))
                 out["val_acc"] = float(((z > 0).double() + 0.5 * (z == 0).double()).mean())
                 out["val_margin"] = float(z.mean())
+                # standard errors above chance (0.5) of the held-out accuracy
+                out["val_acc_z"] = (out["val_acc"] - 0.5) / math.sqrt(0.25 / len(z))
             out["val_nll"] = float(-lp[:, 0].sum() / n[:, 0].sum())
         parent = self.evals[0] if self.evals else out
         for name in ("l2", "fd", "smooth"):
             out[f"{name}_ratio"] = out[name] / max(parent[name], 1e-12)
         out["within_bounds"] = bool(out["l2_ratio"] <= cfg.max_l2_ratio
                                     and out["fd_ratio"] <= cfg.max_fd_ratio)
+        # A DPO checkpoint must also predict held-out preferences better than chance; one that
+        # does not has fitted noise (random or contradictory labels), however close it stays.
+        out["above_chance"] = bool(cfg.method not in ("dpo", "dpo_imitation")
+                                   or "val_acc_z" not in out or self.step == 0
+                                   or cfg.min_acc_z == 0 or out["val_acc_z"] >= cfg.min_acc_z)
         # The score the best checkpoint is chosen by: held-out preferences where there are some,
         # else the critic's reward of the samples, else closeness to the reference.
         if cfg.method in ("dpo", "dpo_imitation") and "val_acc" in out:
@@ -548,15 +561,16 @@ class _Run:
             return
         if ev["within_bounds"]:
             self.bad_streak = 0
-            if self.best is None or ev["score"] > self.best["score"]:
+            if ev["above_chance"] and (self.best is None or ev["score"] > self.best["score"]):
                 self.best = {"step": self.step, "score": ev["score"],
                              "model": _cpu_state(self.policy.model)}
         else:
             self.bad_streak += 1
             self.stopped = self.bad_streak >= self.cfg.patience
-        logger.info("preference step %d: l2 x%.3f fd x%.3f score %.4g%s%s", self.step,
+        logger.info("preference step %d: l2 x%.3f fd x%.3f score %.4g%s%s%s", self.step,
                     ev["l2_ratio"], ev["fd_ratio"], ev["score"],
                     "" if ev["within_bounds"] else " OUT OF BOUNDS",
+                    "" if ev["above_chance"] else " (held-out accuracy not above chance)",
                     " -> stopping" if self.stopped else "")
 
     # --- checkpoints ---------------------------------------------------------------------------

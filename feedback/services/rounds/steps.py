@@ -189,7 +189,14 @@ def step_optimise(rnd: Round, ctx: StepContext) -> None:
                       scorer=scorer, checkpoint_path=path,
                       resume_from=path if path.exists() else None, progress=progress)
     if result.used_parent:
-        last = result.evals[-1] if result.evals else {}
+        later = result.evals[1:]
+        last = later[-1] if later else {}
+        if later and all(e.get("within_bounds") for e in later):
+            raise RoundError(
+                "no optimisation step predicted the snapshot's held-out pairs better than "
+                f"chance (last accuracy {_num(last.get('val_acc'))}, "
+                f"{_num(last.get('val_acc_z'))} standard errors above 0.5; needed "
+                f"{pcfg.min_acc_z}): the labels taught nothing to register")
         raise RoundError(
             "no optimisation step stayed within the guards (last: L2 ratio "
             f"{_num(last.get('l2_ratio'))}, FD ratio {_num(last.get('fd_ratio'))}; bounds "

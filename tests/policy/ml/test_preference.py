@@ -165,8 +165,8 @@ def test_dpo_starts_at_log_2_and_learns_a_clear_preference(tiny_result, short):
     before = weights(parent)
     comps = clear_comparisons(short[:6], test_from=4)
     train = [c for c in comps if c.split == "train"]
-    # when
-    result = optimise(parent, config=config(method="dpo"), comparisons=comps,
+    # when (two held-out pairs: perfect accuracy is 1.41 standard errors above chance)
+    result = optimise(parent, config=config(method="dpo", min_acc_z=1.0), comparisons=comps,
                       episodes={e.key: e for e in short}, val_episodes=short[8:10])
     # then: at step 0 the policy is the reference, every log-ratio is 0 and the loss log 2
     first = result.history[0]
@@ -188,12 +188,35 @@ def test_dpo_starts_at_log_2_and_learns_a_clear_preference(tiny_result, short):
     assert result.history[-1]["dpo_acc"] > 0.5
     assert result.evals[0]["val_acc"] == 0.5  # all rewards 0 at the parent: ties count half
     best = next(e for e in result.evals if e["step"] == result.best_step)
-    assert best["val_acc"] > 0.5 and best["score_kind"] == "val_acc"
+    assert best["val_acc"] > 0.5 and best["score_kind"] == "val_acc" and best["above_chance"]
+    assert best["val_acc_z"] == pytest.approx((best["val_acc"] - 0.5) / math.sqrt(0.25 / 2))
     assert not result.used_parent and not result.stopped_early
     # the reference (the parent) is untouched
     assert same(before, weights(parent))
     assert all(p.requires_grad for p in parent.model.parameters())
     assert not same(before, weights(result.policy))
+
+
+def test_dpo_keeps_the_parent_when_held_out_preferences_are_not_predicted(tiny_result, short):
+    # given: training labels that contradict the held-out ones (the corrupted copy preferred)
+    comps = clear_comparisons(short[:8], test_from=4)
+    flipped = [dataclasses.replace(c, outcome="a") if c.split == "train" else c for c in comps]
+    # when
+    result = optimise(tiny_result.policy, config=config(method="dpo"),
+                      comparisons=flipped, episodes={e.key: e for e in short},
+                      val_episodes=short[8:10])
+    # then: it fits its training labels, its held-out accuracy stays at or below chance, so no
+    # checkpoint is kept, however close to the parent it stays
+    assert result.history[-1]["dpo_acc"] > 0.5
+    later = result.evals[1:]
+    assert later and all(e["within_bounds"] and e["val_acc"] <= 0.5 for e in later)
+    assert not any(e["above_chance"] for e in later)
+    assert result.used_parent and result.policy is tiny_result.policy
+    # min_acc_z = 0 turns the test off (for snapshots with a handful of held-out pairs)
+    off = optimise(tiny_result.policy, config=config(method="dpo", min_acc_z=0.0),
+                   comparisons=flipped, episodes={e.key: e for e in short},
+                   val_episodes=short[8:10])
+    assert not off.used_parent and all(e["above_chance"] for e in off.evals)
 
 
 # --- critic-guided --------------------------------------------------------------------------
@@ -246,7 +269,7 @@ def test_the_best_evaluation_within_bounds_is_kept(tiny_result, short, monkeypat
         kept[self.step] = weights(self.policy)
         return {"step": self.step, "l2": ratio, "fd": 1.0, "smooth": 1.0, "l2_ratio": ratio,
                 "fd_ratio": 1.0, "smooth_ratio": 1.0, "score": score, "score_kind": "scripted",
-                "within_bounds": ratio <= self.cfg.max_l2_ratio}
+                "within_bounds": ratio <= self.cfg.max_l2_ratio, "above_chance": True}
 
     monkeypatch.setattr(_Run, "evaluate", evaluate)
     comps = clear_comparisons(short[:4], test_from=4)
@@ -272,7 +295,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_result, short, method
     kw = dict(comparisons=comps, episodes={e.key: e for e in short}, val_episodes=short[8:9],
               scorer=distance_scorer(short))
     cfg = config(method=method, max_steps=4, batch_size=2, k=2, label_smoothing=0.1,
-                 checkpoint_every=1)
+                 checkpoint_every=1, min_acc_z=0.0)  # two held-out pairs: no chance test
     # when: one run straight through, one stopped at step 2 and resumed
     whole = optimise(parent, config=cfg, checkpoint_path=tmp_path / "whole.pt", **kw)
     part = optimise(parent, config=cfg, checkpoint_path=tmp_path / "part.pt", stop_at_step=2,
