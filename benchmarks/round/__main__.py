@@ -21,7 +21,10 @@ same library code as steps of a ``Round``; ``tests/feedback/test_rounds.py`` run
 5. a second round: the round's version is sampled on the same training clips, judged anew, and
    optimised again; its win-rate over the first round's version.
 
-Writes benchmarks/results/round-<device>.json (or ``--out``).
+Writes benchmarks/results/round-<device>.json (or ``--out``) after every stage, marked
+``"complete": false`` until the end. The SFT parent, the round's critic and its version are kept
+under ``--cache``; ``--resume`` with a partial result of the same settings keeps what it measured
+and runs only the rest (a run cut short by a time limit goes on from where it stopped).
 """
 
 from __future__ import annotations
@@ -86,8 +89,8 @@ def _oracle(candidate: np.ndarray, episode) -> float:
 CACHE = Path("var/benchmarks/round")
 
 
-def _parent(train_eps, val_eps, size: dict, device: str, key: str):
-    """The SFT parent, trained once per corpus and settings and kept under ``CACHE`` (training
+def _parent(train_eps, val_eps, size: dict, device: str, key: str, cache: Path = CACHE):
+    """The SFT parent, trained once per corpus and settings and kept under ``cache`` (training
     is deterministic, so a cached parent is the one this run would train)."""
     from policy.ml.checkpoint import load_policy
 
@@ -95,13 +98,33 @@ def _parent(train_eps, val_eps, size: dict, device: str, key: str):
                    else (ModelConfig(), TrainConfig()))
     tcfg = dataclasses.replace(tcfg, max_steps=size["sft_steps"], device=device,
                                log_every=max(1, size["sft_steps"] // 10))
-    path = CACHE / f"parent-{key}-{size['sft']}-{size['sft_steps']}-{device}.pt"
+    path = cache / f"parent-{key}-{size['sft']}-{size['sft_steps']}-{device}.pt"
     if path.exists():
         logger.info("SFT parent from %s", path)
         return load_policy(path, device=pick_device(device))
     path.parent.mkdir(parents=True, exist_ok=True)
     return train(train_eps, model, tcfg, val_episodes=val_eps[:16] or None,
                  checkpoint_path=path).policy
+
+
+def _critic(comps, by_key, parent, ccfg, cache: Path, key: str):
+    """The round's critic ensemble and its report, kept under ``cache`` like the parent."""
+    import json
+
+    from policy.ml.critic import CriticEnsemble, CriticResult
+
+    path, meta = cache / f"critic-{key}.pt", cache / f"critic-{key}.json"
+    if path.exists() and meta.exists():
+        logger.info("critic from %s", path)
+        saved = json.loads(meta.read_text())
+        return CriticResult(ensemble=CriticEnsemble.load(path, device=ccfg.device),
+                            report=saved["report"], seconds=saved["seconds"])
+    result = train_critic(comps, by_key, model_config=parent.cfg, tokenizer=parent.tokenizer,
+                          input_stats=parent.model.input_stats(), config=ccfg)
+    cache.mkdir(parents=True, exist_ok=True)
+    result.ensemble.save(path)
+    meta.write_text(json.dumps({"report": result.report, "seconds": result.seconds}))
+    return result
 
 
 def _pools(policy, episodes, k: int, seed: int) -> dict:
@@ -125,6 +148,21 @@ def _optimise(parent, method: str, comps, episodes, val_eps, scorer, size, devic
     return result, time.perf_counter() - t0
 
 
+def _prior(path: str | None, size: dict, args) -> dict:
+    """A partial result to go on from, when it was run with the same settings."""
+    if not path:
+        return {}
+    import json
+
+    prior = json.loads(Path(path).read_text())
+    same = (prior.get("sizes") == json.loads(json.dumps(size))
+            and prior.get("corpus_settings", {"mixed": args.mixed, "seed": args.seed})
+            == {"mixed": args.mixed, "seed": args.seed})
+    if not same:
+        raise SystemExit(f"--resume {path}: it was run with other settings")
+    return prior
+
+
 def _row(ev: dict) -> dict:
     return {"win_rate_vs_parent": ev.get("oracle_win_rate"),
             "critic_win_rate": ev.get("critic_win_rate"),
@@ -146,7 +184,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, help="the optimiser's peak learning rate")
     p.add_argument("--steps", type=int, help="the optimiser's steps")
     p.add_argument("--out")
+    p.add_argument("--cache", default=str(CACHE),
+                   help="where the SFT parent and the round's critic are kept for a rerun")
+    p.add_argument("--resume", help="a partial result of the same settings: what it measured "
+                   "is kept and only the rest is run")
     args = p.parse_args(argv)
+    cache = Path(args.cache)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     device = pick_device(args.device)
     size = dict(SIZES["quick" if args.quick else device.type])
@@ -161,8 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
 
     def partial(**fields) -> None:  # what is known so far, in case the run is cut short
-        write_results(name, {"device": dev, "complete": False, "sizes": size, **fields},
-                      args.out)
+        write_results(name, {"device": dev, "complete": False, "sizes": size,
+                             "corpus_settings": {"mixed": args.mixed, "seed": args.seed},
+                             **fields}, args.out)
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -178,10 +222,11 @@ def main(argv: list[str] | None = None) -> dict:
     test_eps = [e for e in corpus if e.split == "test"][: size["eval_episodes"]]
     step("corpus", t0)
     t0 = time.perf_counter()
-    parent = _parent(train_eps, val_eps, size, dev,
-                     f"{size['episodes']}-{args.seed}-{args.mixed}")
+    key = f"{size['episodes']}-{args.seed}-{args.mixed}"
+    parent = _parent(train_eps, val_eps, size, dev, key, cache)
     step("sft_parent", t0)
     by_key = {e.key: e for e in corpus}
+    prior = _prior(args.resume, size, args)
 
     # --- round 1: judgments, QC, critic, optimisation, evaluation -----------------------------
     n_clips = max(1, min(len(train_eps), size["judgments"] // 6))
@@ -193,50 +238,48 @@ def main(argv: list[str] | None = None) -> dict:
     timings["simulate_judgments"] = round(judged.seconds["simulate"], 2)
     steps_s = {"qc": round(judged.seconds["qc"], 2)}
     comps = judged.comparisons
-    t0 = time.perf_counter()
     ccfg = CriticConfig.from_dict({**size["critic"], "device": dev, "seed": args.seed})
-    critic = train_critic(comps, by_key, model_config=parent.cfg, tokenizer=parent.tokenizer,
-                          input_stats=parent.model.input_stats(), config=ccfg)
-    steps_s["critic"] = round(time.perf_counter() - t0, 2)
+    critic = _critic(comps, by_key, parent, ccfg, cache, f"{key}-{size['judgments']}-{dev}")
+    steps_s["critic"] = round(critic.seconds, 2)
     scorer = critic.ensemble.score
     val = val_eps[: size["optimise"]["val_limit"]]
-    result, seconds = _optimise(parent, ROUND_METHOD, comps, by_key, val, scorer, size, dev,
-                                args.seed)
-    steps_s["optimise"] = round(seconds, 2)
-    t0 = time.perf_counter()
-    ev = compare_policies(result.policy, parent, test_eps, oracle=_oracle, scorer=scorer,
-                          k=size["eval_k"], seed=args.seed + 1)
-    steps_s["evaluate"] = round(time.perf_counter() - t0, 2)
-    total_s = round(sum(steps_s.values()), 2)
-    logger.info("round (%s): %.1fs %s -> oracle win-rate %.3f", ROUND_METHOD, total_s, steps_s,
-                ev.get("oracle_win_rate", float("nan")))
-    partial(judgments=judged.judgments, steps_s=steps_s, total_s=total_s,
-            round=_row(ev), timings_s=timings)
+    round_path = cache / f"round-{key}-{size['judgments']}-{dev}.pt"
+    if prior.get("round") and round_path.exists():
+        from policy.ml.checkpoint import load_policy
 
-    # --- the ablation --------------------------------------------------------------------------
-    ablation = {"sft": {"win_rate_vs_parent": 0.5, "critic_win_rate": 0.5, "l2_ratio": 1.0,
-                        "fd_ratio": 1.0, "pfd_ratio": 1.0, "oracle": ev["parent"].get("oracle"),
-                        "parent_oracle": ev["parent"].get("oracle")}}
-    ablation[ROUND_METHOD] = {**_row(ev), "optimise_s": steps_s["optimise"],
-                              "best_step": result.best_step, "used_parent": result.used_parent}
-    versions = {ROUND_METHOD: result.policy}
-    for method in args.variants.split(","):
-        if method in ablation or not method:
-            continue
-        res, sec = _optimise(parent, method, comps, by_key, val, scorer, size, dev, args.seed)
-        e = compare_policies(res.policy, parent, test_eps, oracle=_oracle, scorer=scorer,
-                             k=size["eval_k"], seed=args.seed + 1)
-        ablation[method] = {**_row(e), "optimise_s": round(sec, 2),
-                            "best_step": res.best_step, "used_parent": res.used_parent}
-        versions[method] = res.policy
-        logger.info("variant %s: %s", method, ablation[method])
-        partial(judgments=judged.judgments, steps_s=steps_s, total_s=total_s,
-                ablation=ablation, timings_s=timings)
+        steps_s, ev_row = prior["steps_s"], prior["round"]
+        first = load_policy(round_path, device=device)
+        ablation = prior["ablation"]
+        logger.info("round 1 from %s and %s", args.resume, round_path)
+    else:
+        from policy.ml.checkpoint import save_checkpoint
+
+        result, seconds = _optimise(parent, ROUND_METHOD, comps, by_key, val, scorer, size,
+                                    dev, args.seed)
+        steps_s["optimise"] = round(seconds, 2)
+        t0 = time.perf_counter()
+        ev = compare_policies(result.policy, parent, test_eps, oracle=_oracle, scorer=scorer,
+                              k=size["eval_k"], seed=args.seed + 1)
+        steps_s["evaluate"] = round(time.perf_counter() - t0, 2)
+        ev_row = _row(ev)
+        first = result.policy
+        save_checkpoint(round_path, policy=first, train_config=None, step=result.best_step or 0)
+        ablation = {"sft": {"win_rate_vs_parent": 0.5, "critic_win_rate": 0.5, "l2_ratio": 1.0,
+                            "fd_ratio": 1.0, "pfd_ratio": 1.0, "oracle": ev_row["parent_oracle"],
+                            "parent_oracle": ev_row["parent_oracle"]},
+                    ROUND_METHOD: {**ev_row, "optimise_s": steps_s["optimise"],
+                                   "best_step": result.best_step,
+                                   "used_parent": result.used_parent}}
+    total_s = round(sum(steps_s.values()), 2)
+    logger.info("round (%s): %.1fs %s -> oracle win-rate %s", ROUND_METHOD, total_s, steps_s,
+                ev_row["win_rate_vs_parent"])
+    known = {"judgments": judged.judgments, "steps_s": steps_s, "total_s": total_s,
+             "round": ev_row, "ablation": ablation, "timings_s": timings}
+    partial(**known)
 
     # --- round 2: on-policy candidates from round 1's version ------------------------------------
-    second = None
-    if not args.no_second_round:
-        first = versions[ROUND_METHOD]
+    second = prior.get("second_round")
+    if second is None and not args.no_second_round:
         t0 = time.perf_counter()
         pools2 = _pools(first, clips, 4, args.seed + 7)
         judged2 = judge(pools2, by_key, judgments=size["judgments"], seed=args.seed + 7)
@@ -249,8 +292,22 @@ def main(argv: list[str] | None = None) -> dict:
                               scorer=critic2.ensemble.score, k=size["eval_k"],
                               seed=args.seed + 1)
         second = {**_row(e2), "seconds": round(time.perf_counter() - t0, 2),
-                  "judgments": judged2.judgments}
+                  "judgments": judged2.judgments, "best_step": res2.best_step,
+                  "used_parent": res2.used_parent}
         logger.info("second round: %s", second)
+        partial(**known, second_round=second)
+
+    # --- the ablation --------------------------------------------------------------------------
+    for method in args.variants.split(","):
+        if method in ablation or not method:
+            continue
+        res, sec = _optimise(parent, method, comps, by_key, val, scorer, size, dev, args.seed)
+        e = compare_policies(res.policy, parent, test_eps, oracle=_oracle, scorer=scorer,
+                             k=size["eval_k"], seed=args.seed + 1)
+        ablation[method] = {**_row(e), "optimise_s": round(sec, 2),
+                            "best_step": res.best_step, "used_parent": res.used_parent}
+        logger.info("variant %s: %s", method, ablation[method])
+        partial(**known, second_round=second)
 
     pairs = [a for m, a in ablation.items() if m not in ("sft", "dpo_random")]
     best = max(pairs, key=lambda r: r["win_rate_vs_parent"] or 0)
@@ -263,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ablation": ablation,
         "second_round_win_rate_vs_first": second["win_rate_vs_parent"] if second else None,
         "second_round": second,
+        "round": ev_row,
         "round_method": ROUND_METHOD,
         "goals": {
             "best_variant": next(m for m, a in ablation.items() if a is best),
@@ -289,6 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
                        oracle_total(e.reference if e.reference is not None else e.listener, e)
                        for e in test_eps]))},
         "sizes": size,
+        "corpus_settings": {"mixed": args.mixed, "seed": args.seed},
         "timings_s": timings,
         "wall_s": round(time.perf_counter() - started, 1),
         "machine": machine_info(torch=torch.__version__, threads=torch.get_num_threads()),
