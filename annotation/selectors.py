@@ -164,15 +164,17 @@ def assignments_payload(assignments: list[Assignment]) -> list[dict]:
     return out
 
 
-def exposure_clip(*, rater, assignment_token: str, position: int):
-    """The clip behind one position of one of the rater's own exposures, or None."""
+def exposure_clips(*, rater, assignment_token: str, position: int):
+    """The clip behind one position of one of the rater's own exposures and the clips it is
+    shown with (the item's members; the speaker clip alone), or None."""
     a = (Assignment.objects.filter(token=assignment_token, rater=rater)
          .select_related("item__speaker_clip").first())
     if a is None or position >= len(a.order) or position < -1:
         return None
     if position == -1:
-        return a.item.speaker_clip
+        return a.item.speaker_clip, [a.item.speaker_clip]
     slot = a.order[position]
-    member = (ItemMember.objects.filter(item_id=a.item_id, slot=slot)
-              .select_related("clip").first())
-    return member.clip if member else None
+    members = {m.slot: m.clip for m in
+               ItemMember.objects.filter(item_id=a.item_id).select_related("clip")}
+    clip = members.get(slot)
+    return (clip, list(members.values())) if clip is not None else None

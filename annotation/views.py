@@ -34,7 +34,7 @@ from annotation.selectors import (
     campaign_progress,
     campaign_summary,
     campaigns_with_counts,
-    exposure_clip,
+    exposure_clips,
     media_file_read,
     media_token_read,
     rater_rows,
@@ -59,7 +59,9 @@ from annotation.services.enrollment import (
 from annotation.services.scheduling import LeaseError, enrollment_for
 from annotation.services.sign_in import client_address, sign_in_wait
 from policy.plots import bar_plot_svg, line_plot_svg
+from rendering.blinding import Padding, exposure_key, shared_size
 from rendering.models import ClipStatus
+from rendering.selectors import clip_stored_size
 from rendering.views import clip_file_response
 
 CROWD_EXTRA = ("STUDY_ID", "SESSION_ID")
@@ -195,11 +197,15 @@ def media(request: HttpRequest, token: str, name: str) -> HttpResponse:
         position, part = media_file_read(name)
     except (signing.BadSignature, ValueError, TypeError):
         raise Http404("no such clip") from None
-    clip = exposure_clip(rater=request.user, assignment_token=assignment_token,
-                         position=position)
-    if clip is None or clip.status != ClipStatus.SUCCEEDED:
+    found = exposure_clips(rater=request.user, assignment_token=assignment_token,
+                           position=position)
+    if found is None or found[0].status != ClipStatus.SUCCEEDED:
         raise Http404("no such clip")
-    return clip_file_response(request, clip, part)
+    clip, shown_with = found
+    # This exposure's own copy, as large as every file of its item (rendering.blinding).
+    size = shared_size([clip_stored_size(c, part) for c in shown_with], part)
+    key = exposure_key(settings.SECRET_KEY, assignment_token, position, part)
+    return clip_file_response(request, clip, part, Padding(size=size, key=key))
 
 
 # -- researchers ------------------------------------------------------------------------------

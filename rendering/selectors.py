@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from django.core.files.storage import default_storage
+
+from rendering.blobs import blob_name
 from rendering.models import Clip, ClipStatus
 
 
@@ -14,3 +17,14 @@ def clip_get_servable(*, public_id: uuid.UUID | str) -> Clip | None:
     except ValueError:
         return None
     return Clip.objects.filter(public_id=public_id, status=ClipStatus.SUCCEEDED).first()
+
+
+def clip_stored_size(clip: Clip, part: str) -> int:
+    """Bytes of a finished clip's stored ``video`` or ``poster`` (0 when the file is missing)."""
+    if part == "video" and clip.mp4_bytes:
+        return int(clip.mp4_bytes)
+    sha, ext = (clip.mp4_sha, "mp4") if part == "video" else (clip.poster_sha, "png")
+    try:
+        return int(default_storage.size(blob_name(sha, ext)))
+    except (FileNotFoundError, OSError):
+        return 0
