@@ -15,6 +15,7 @@ from annotation.models import (
     Item,
     Judgment,
 )
+from annotation.parsers import MAX_DEPTH, BoundedJSONDecoder
 from annotation.selectors import campaign_list_for, campaign_summary, campaigns_with_counts
 from annotation.services.campaign_settings import SETTINGS, field_fixed_reason
 from annotation.services.campaigns import (
@@ -34,11 +35,19 @@ class InviteInline(admin.TabularInline):
     readonly_fields = ("token", "uses")
 
 
-def _https_urls(db_field, **kwargs):
-    """As ``CampaignAdmin.formfield_overrides``, for the form's own class (a bare URL is
-    https)."""
+# Django's form JSONField decodes with the standard decoder, which a deeply nested text sends
+# into a RecursionError (a server error); this one refuses it as invalid JSON.
+_BOUNDED_JSON = {"decoder": BoundedJSONDecoder, "error_messages": {
+    "invalid": f"Enter valid JSON (nested at most {MAX_DEPTH} levels)."}}
+
+
+def _form_fields(db_field, **kwargs):
+    """As ``CampaignAdmin.formfield_overrides``, for the form's own class (a bare URL is https,
+    JSON is bounded in depth)."""
     if isinstance(db_field, models.URLField):
         kwargs.setdefault("assume_scheme", "https")
+    if isinstance(db_field, models.JSONField):
+        kwargs = {**_BOUNDED_JSON, **kwargs}
     return db_field.formfield(**kwargs)
 
 
@@ -50,7 +59,7 @@ class CampaignAdminForm(forms.ModelForm):
     class Meta:
         model = Campaign
         fields = SETTINGS  # less what CampaignAdmin.get_readonly_fields holds fixed now
-        formfield_callback = _https_urls
+        formfield_callback = _form_fields
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -77,7 +86,8 @@ class CampaignAdmin(admin.ModelAdmin):
     ``campaign_delete``. A setting that cannot change now is shown read-only."""
 
     form = CampaignAdminForm
-    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"},
+                           models.JSONField: _BOUNDED_JSON}
     list_display = ("name", "slug", "status", "protocol", "dataset", "overlap", "progress")
     list_filter = ("status", "protocol")
     search_fields = ("name", "slug")

@@ -141,7 +141,17 @@ class RequestTooLarge(APIException):
     default_code = "too_large"
 
 
-class RaterApi(APIView):
+class NotCached(APIView):
+    """A rater's call: the replies carry token- or session-bound data (leases, the rater's
+    progress), kept by no cache. annotation/fastpath.py sends the same header."""
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        patch_cache_control(response, no_store=True)
+        return response
+
+
+class RaterApi(NotCached):
     """The rating calls: the lean path (token or session, JSON in and out, nothing else)."""
 
     authentication_classes = [RaterTokenAuthentication, SessionAuthentication]
@@ -160,13 +170,6 @@ class RaterApi(APIView):
         if limit is not None and length > limit:
             raise RequestTooLarge(f"the request body is {length} bytes, at most {limit}")
         super().initial(request, *args, **kwargs)
-
-    def finalize_response(self, request, response, *args, **kwargs):
-        # The replies carry token-bound data (leases, the rater's progress): kept by no cache.
-        # annotation/fastpath.py sends the same header.
-        response = super().finalize_response(request, response, *args, **kwargs)
-        patch_cache_control(response, no_store=True)
-        return response
 
     def campaign_id(self) -> int | None:
         """The campaign a rater token is bound to (none for a session)."""
@@ -194,7 +197,7 @@ class NextApi(RaterApi):
         return _reply(call_next(request.user, slug, self.campaign_id()))
 
 
-class ConsentApi(APIView):
+class ConsentApi(NotCached):
     @extend_schema(request=None, responses={204: None, 404: _ERRORS[404]},
                    summary="Record the rater's consent to the campaign's terms")
     def post(self, request, slug: str) -> Response:

@@ -53,7 +53,7 @@ WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
 def _headers(secure: bool) -> list[tuple[str, str]]:
     """What RaterApi, SecurityMiddleware and XFrameOptionsMiddleware add to a JSON reply, per
     settings."""
-    out = [("Cache-Control", "no-store")]  # as RaterApi.finalize_response: token-bound data
+    out = [("Cache-Control", "no-store")]  # as apis.NotCached: token-bound data
     if settings.SECURE_CONTENT_TYPE_NOSNIFF:
         out.append(("X-Content-Type-Options", "nosniff"))
     if settings.SECURE_REFERRER_POLICY:

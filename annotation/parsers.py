@@ -3,7 +3,8 @@
 A body nested deeper than the interpreter's recursion limit makes ``json.loads`` raise
 ``RecursionError``, which DRF does not catch (a 500). No body this API reads nests more than a
 few levels, so anything past ``MAX_DEPTH`` is refused as a 400 before a view sees it, whether or
-not the parser got through it.
+not the parser got through it. Django's form ``JSONField`` (the admin's JSON settings) has the
+same problem: ``BoundedJSONDecoder`` is its decoder there.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 MAX_DEPTH = 64  # arrays and objects inside one another; answers and campaigns use under 5
-TOO_DEEP = f"the JSON body is too deeply nested (at most {MAX_DEPTH} levels)"
+TOO_DEEP = f"the JSON is too deeply nested (at most {MAX_DEPTH} levels)"
 
 
-class TooDeep(ValueError):
-    """A JSON text nested past ``MAX_DEPTH`` (a ``ValueError``, as other malformed JSON)."""
+class TooDeep(json.JSONDecodeError):
+    """A JSON text nested past ``MAX_DEPTH``: malformed JSON as far as a caller is concerned, so
+    code that handles ``JSONDecodeError`` (or ``ValueError``) refuses it as such."""
 
-    def __init__(self) -> None:
-        super().__init__(TOO_DEEP)
+    def __init__(self, doc: str = "") -> None:
+        super().__init__(TOO_DEEP, doc, 0)
+        self.args = (TOO_DEEP,)  # no "line 1 column 1": the position says nothing here
 
 
 def depth_check(value: object) -> None:
@@ -40,16 +43,28 @@ def depth_check(value: object) -> None:
 
 
 def loads(text: str, **kwargs) -> object:
-    """``json.loads`` that raises ``TooDeep`` (a ``ValueError``) for a body nested too deep."""
-    try:
-        value = json.loads(text, **kwargs)
-    except RecursionError:
-        raise TooDeep from None
-    # Nesting past MAX_DEPTH needs more brackets than that (counted in C, strings included):
-    # the rate page's answers, a few levels deep, are not walked.
-    if text.count("[") + text.count("{") > MAX_DEPTH:
-        depth_check(value)
-    return value
+    """``json.loads`` that raises ``TooDeep`` (a ``JSONDecodeError``) for a text nested too
+    deep."""
+    return BoundedJSONDecoder(**kwargs).decode(text)
+
+
+class BoundedJSONDecoder(json.JSONDecoder):
+    """``json.JSONDecoder`` that raises ``TooDeep`` for a text nested past ``MAX_DEPTH``, for
+    code that takes a decoder class (``forms.JSONField(decoder=...)``)."""
+
+    def decode(self, s: str, *args) -> object:
+        try:
+            value = super().decode(s, *args)
+        except RecursionError:
+            raise TooDeep(s) from None
+        # Nesting past MAX_DEPTH needs more brackets than that (counted in C, strings
+        # included): the rate page's answers, a few levels deep, are not walked.
+        if s.count("[") + s.count("{") > MAX_DEPTH:
+            try:
+                depth_check(value)
+            except TooDeep:
+                raise TooDeep(s) from None
+        return value
 
 
 class BoundedJSONParser(JSONParser):

@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.http import HttpRequest
 
 from annotation.services.campaign_items import campaign_sampling_advance
+from annotation.services.scheduling import rater_leases_end
 from annotation.services.sign_in import client_address, sign_in_failed, sign_in_succeeded
 
 
@@ -30,3 +31,13 @@ def on_sign_in_failed(sender: str, *, credentials: dict, request: HttpRequest | 
 def on_signed_in(sender: type, *, user, **kwargs: Any) -> None:
     """A right password (or an invite) signed someone in: their name's failures are forgotten."""
     sign_in_succeeded(username=user.get_username())
+
+
+def on_user_saved(sender: type, *, instance, update_fields=None, **kwargs: Any) -> None:
+    """An account switched off (``is_active`` false, in the admin or anywhere else) lets go of
+    the items it holds now: its rating calls are refused from then on (``rules``), so its
+    leases would otherwise hold the items until they ran out. A bulk ``update()`` sends no
+    signal; those leases run out within their campaign's ``lease_seconds``."""
+    if instance.is_active or (update_fields is not None and "is_active" not in update_fields):
+        return
+    rater_leases_end(rater_id=instance.pk)

@@ -1,8 +1,10 @@
 """A Content-Security-Policy on every HTML page.
 
 The pages load their scripts from static files (the rate page's configuration is a
-``json_script`` data block, which CSP does not run), so scripts need no 'unsafe-inline'. Styles
-do: templates set widths and colours in ``style`` attributes (progress meters, status colours).
+``json_script`` data block, which CSP does not run; a button that asks before it acts carries
+``data-confirm``, which annotation/static/annotation/site.js reads, not an ``onclick``), so
+scripts need no 'unsafe-inline'. Styles do: templates set widths and colours in ``style``
+attributes (progress meters, status colours).
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ from annotation.models import (
 from annotation.rules import LeaseError, refusal
 
 __all__ = ["LeaseError", "NextResult", "Seat", "assignment_heartbeat", "assignments_expire",
-           "assignments_next", "campaign_leases_end", "enrollment_for", "seat_top_up"]
+           "assignments_next", "campaign_leases_end", "enrollment_for", "rater_leases_end",
+           "seat_top_up"]
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +308,14 @@ def seat_stop_serving(seat: Seat, *, block: bool) -> None:
 def leases_end(*, rater_id: int, campaign_id: int) -> int:
     """End a rater's live leases in a campaign now, so that their items go to others at once."""
     return Assignment.objects.filter(rater_id=rater_id, campaign_id=campaign_id,
+                                     status=AssignmentStatus.ACTIVE).update(
+        status=AssignmentStatus.EXPIRED)
+
+
+def rater_leases_end(*, rater_id: int) -> int:
+    """End every live lease of a rater, in every campaign (the account was switched off): their
+    items go to others at once instead of when the leases run out."""
+    return Assignment.objects.filter(rater_id=rater_id,
                                      status=AssignmentStatus.ACTIVE).update(
         status=AssignmentStatus.EXPIRED)
 

@@ -114,6 +114,27 @@ def test_change_form_refuses_bad_values_by_their_field(corpus, admin_client, cha
     assert not LogEntry.objects.exists()
 
 
+@pytest.mark.parametrize("text", [
+    "[" * 100_000,  # past the interpreter's recursion limit
+    '["timing", ' + "[" * 100 + "]" * 100 + "]",  # parses, but deeper than settings go
+], ids=["past-the-parser", "past-the-limit"])
+@pytest.mark.parametrize("field", ["reason_tags", "criteria_weights", "render_settings"])
+def test_change_form_refuses_deeply_nested_json_by_its_field(corpus, admin_client, field, text):
+    # given a draft campaign without items, so every JSON setting is open
+    campaign = make_campaign(corpus, start=False)
+    campaign.items.all().delete()
+    before = stored(campaign)
+    # when a JSON setting nests past the limit
+    res = admin_client.post(change_url(campaign), form_data(
+        admin_client, campaign, instructions="Changed.", **{field: text}))
+    # then the form comes back with the reason by the field, and nothing was saved
+    assert res.status_code == 200
+    assert res.context["adminform"].form.errors[field] == [
+        "Enter valid JSON (nested at most 64 levels)."]
+    assert stored(campaign) == before
+    assert not LogEntry.objects.exists()
+
+
 def test_settings_fixed_now_are_read_only(corpus, admin_client):
     # given a campaign serving raters
     campaign = make_campaign(corpus)

@@ -71,3 +71,13 @@ def test_change_campaign_deletes_only_what_may_go(corpus):
     assert not Campaign.objects.filter(pk=campaign.pk).exists()
     with pytest.raises(CommandError, match="no campaign 's'"):
         call_command("change_campaign", "s", "--delete")
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, "[" * 100 + "]" * 100])
+def test_change_campaign_refuses_deeply_nested_json(corpus, text):
+    campaign = make_campaign(corpus, start=False)
+    with pytest.raises(CommandError, match="reason_tags: the JSON is too deeply nested"):
+        call_command("change_campaign", campaign.slug, "--set", f"reason_tags={text}",
+                     "--set", "instructions=Hi")
+    campaign.refresh_from_db()
+    assert (campaign.reason_tags, campaign.instructions) == ([], "")

@@ -16,6 +16,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from annotation import parsers
 from annotation.models import Campaign, CampaignStatus
 from annotation.services.campaigns import (
     CampaignError,
@@ -30,7 +31,9 @@ def parse_setting(text: str) -> tuple[str, object]:
     if not sep or not key.strip():
         raise CommandError(f"--set {text}: expected FIELD=VALUE")
     try:
-        value = json.loads(raw)
+        value = parsers.loads(raw)
+    except parsers.TooDeep:
+        raise CommandError(f"--set {key.strip()}: {parsers.TOO_DEEP}") from None
     except json.JSONDecodeError:
         value = raw
     return key.strip(), value
