@@ -23,8 +23,9 @@ Guards against reward hacking: every ``val_every`` steps (and for the parent at 
 policy answers the validation episodes; mean L2 and FD against the reference listener (the
 rule-following one where the corpus keeps it) must stay within ``max_l2_ratio`` /
 ``max_fd_ratio`` of the parent's. DPO checkpoints must also predict the snapshot's held-out
-pairs better than chance (``min_acc_z`` standard errors above 0.5): weights fitted to random or
-contradictory labels stay near the parent yet learned nothing. The best validation score among
+pairs better than chance (a one-sided test at ``chance_alpha``, shared among the run's
+evaluations): weights fitted to random or contradictory labels can still move (DPO's pushes
+on rejected sequences sharpen the policy whatever the labels) yet learned nothing from them. The best validation score among
 the evaluations within bounds is kept; ``patience`` evaluations out of bounds in a row stop the run. Checkpoints resume exactly.
 """
 
@@ -35,6 +36,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+from statistics import NormalDist
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -205,9 +207,10 @@ class PreferenceConfig:
     max_l2_ratio: float = 1.10  # bound on mean L2 to the reference listener, x the parent's
     max_fd_ratio: float = 1.10  # bound on mean FD to the reference listener, x the parent's
     patience: int = 2  # evaluations out of bounds in a row that stop the run
-    min_acc_z: float = 1.645  # DPO methods: a checkpoint is kept only when its accuracy on the
-    #   snapshot's held-out pairs is above chance by this many standard errors (one-sided 95 %);
-    #   weights that do not predict held-out preferences learned nothing from them. 0 disables
+    chance_alpha: float = 0.05  # DPO methods: a checkpoint is kept only when its accuracy on
+    #   the snapshot's held-out pairs is above chance (0.5) in a one-sided test at this level,
+    #   shared among the run's evaluations (Bonferroni); weights that do not predict held-out
+    #   preferences learned nothing from them. 0 disables
     val_k: int = 2  # samples per validation episode
     val_limit: int = 32  # validation episodes used (the first ones given)
     # --- bookkeeping ---
@@ -231,7 +234,7 @@ class PreferenceConfig:
                   ("grad_clip", self.grad_clip >= 0), ("weight_decay", self.weight_decay >= 0),
                   ("val_every", self.val_every >= 0), ("max_l2_ratio", self.max_l2_ratio > 0),
                   ("max_fd_ratio", self.max_fd_ratio > 0), ("patience", self.patience >= 1),
-                  ("min_acc_z", self.min_acc_z >= 0),
+                  ("chance_alpha", 0 <= self.chance_alpha < 1),
                   ("val_k", self.val_k >= 1), ("val_limit", self.val_limit >= 1),
                   ("log_every", self.log_every >= 1),
                   ("checkpoint_every", self.checkpoint_every >= 0)]
@@ -243,6 +246,14 @@ class PreferenceConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreferenceConfig:
         return _from_dict(cls, data)
+
+    def chance_z(self) -> float | None:
+        """Standard errors above 0.5 a held-out accuracy needs (None: no test)."""
+        if self.chance_alpha == 0:
+            return None
+        looks = (self.max_steps // self.val_every + (self.max_steps % self.val_every > 0)
+                 if self.val_every else 1)
+        return NormalDist().inv_cdf(1 - self.chance_alpha / looks)
 
     def schedule(self) -> TrainConfig:
         """The learning-rate schedule and AdamW settings, in SFT's terms."""
@@ -537,9 +548,10 @@ class _Run:
                                     and out["fd_ratio"] <= cfg.max_fd_ratio)
         # A DPO checkpoint must also predict held-out preferences better than chance; one that
         # does not has fitted noise (random or contradictory labels), however close it stays.
+        need = cfg.chance_z()
         out["above_chance"] = bool(cfg.method not in ("dpo", "dpo_imitation")
                                    or "val_acc_z" not in out or self.step == 0
-                                   or cfg.min_acc_z == 0 or out["val_acc_z"] >= cfg.min_acc_z)
+                                   or need is None or out["val_acc_z"] >= need)
         # The score the best checkpoint is chosen by: held-out preferences where there are some,
         # else the critic's reward of the samples, else closeness to the reference.
         if cfg.method in ("dpo", "dpo_imitation") and "val_acc" in out:

@@ -53,7 +53,7 @@ TINY_ROUND = {
     "critic": {"d_model": 16, "n_layers": 1, "n_heads": 2, "members": 4, "epochs": 2.0,
                "batch_size": 8, "log_every": 1},
     "optimise": {"max_steps": 4, "batch_size": 4, "val_every": 2, "val_k": 1,
-                 "checkpoint_every": 1, "min_acc_z": 0.0},  # too few held-out pairs to test
+                 "checkpoint_every": 1, "chance_alpha": 0.0},  # too few held-out pairs to test
     "val_episodes": 2,
     "eval_episodes": 3,
     "eval_k": 2,

@@ -196,7 +196,7 @@ def step_optimise(rnd: Round, ctx: StepContext) -> None:
                 "no optimisation step predicted the snapshot's held-out pairs better than "
                 f"chance (last accuracy {_num(last.get('val_acc'))}, "
                 f"{_num(last.get('val_acc_z'))} standard errors above 0.5; needed "
-                f"{pcfg.min_acc_z}): the labels taught nothing to register")
+                f"{_num(pcfg.chance_z())}): the labels taught nothing to register")
         raise RoundError(
             "no optimisation step stayed within the guards (last: L2 ratio "
             f"{_num(last.get('l2_ratio'))}, FD ratio {_num(last.get('fd_ratio'))}; bounds "

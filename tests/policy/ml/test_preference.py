@@ -165,8 +165,9 @@ def test_dpo_starts_at_log_2_and_learns_a_clear_preference(tiny_result, short):
     before = weights(parent)
     comps = clear_comparisons(short[:6], test_from=4)
     train = [c for c in comps if c.split == "train"]
-    # when (two held-out pairs: perfect accuracy is 1.41 standard errors above chance)
-    result = optimise(parent, config=config(method="dpo", min_acc_z=1.0), comparisons=comps,
+    # when (two held-out pairs: perfect accuracy is 1.41 standard errors above chance, which a
+    # test at 0.3 over two evaluations accepts)
+    result = optimise(parent, config=config(method="dpo", chance_alpha=0.3), comparisons=comps,
                       episodes={e.key: e for e in short}, val_episodes=short[8:10])
     # then: at step 0 the policy is the reference, every log-ratio is 0 and the loss log 2
     first = result.history[0]
@@ -190,6 +191,7 @@ def test_dpo_starts_at_log_2_and_learns_a_clear_preference(tiny_result, short):
     best = next(e for e in result.evals if e["step"] == result.best_step)
     assert best["val_acc"] > 0.5 and best["score_kind"] == "val_acc" and best["above_chance"]
     assert best["val_acc_z"] == pytest.approx((best["val_acc"] - 0.5) / math.sqrt(0.25 / 2))
+    assert result.evals[1]["above_chance"] == (result.evals[1]["val_acc_z"] >= 1.036)
     assert not result.used_parent and not result.stopped_early
     # the reference (the parent) is untouched
     assert same(before, weights(parent))
@@ -212,8 +214,8 @@ def test_dpo_keeps_the_parent_when_held_out_preferences_are_not_predicted(tiny_r
     assert later and all(e["within_bounds"] and e["val_acc"] <= 0.5 for e in later)
     assert not any(e["above_chance"] for e in later)
     assert result.used_parent and result.policy is tiny_result.policy
-    # min_acc_z = 0 turns the test off (for snapshots with a handful of held-out pairs)
-    off = optimise(tiny_result.policy, config=config(method="dpo", min_acc_z=0.0),
+    # chance_alpha = 0 turns the test off (for snapshots with a handful of held-out pairs)
+    off = optimise(tiny_result.policy, config=config(method="dpo", chance_alpha=0.0),
                    comparisons=flipped, episodes={e.key: e for e in short},
                    val_episodes=short[8:10])
     assert not off.used_parent and all(e["above_chance"] for e in off.evals)
@@ -295,7 +297,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, tiny_result, short, method
     kw = dict(comparisons=comps, episodes={e.key: e for e in short}, val_episodes=short[8:9],
               scorer=distance_scorer(short))
     cfg = config(method=method, max_steps=4, batch_size=2, k=2, label_smoothing=0.1,
-                 checkpoint_every=1, min_acc_z=0.0)  # two held-out pairs: no chance test
+                 checkpoint_every=1, chance_alpha=0.0)  # two held-out pairs: no chance test
     # when: one run straight through, one stopped at step 2 and resumed
     whole = optimise(parent, config=cfg, checkpoint_path=tmp_path / "whole.pt", **kw)
     part = optimise(parent, config=cfg, checkpoint_path=tmp_path / "part.pt", stop_at_step=2,
