@@ -8,6 +8,7 @@ Django. Neither adds rules of its own.
 
 from __future__ import annotations
 
+from annotation.opaque import judgment_ref
 from annotation.selectors import assignments_payload
 from annotation.services.judgments import judgment_submit
 from annotation.services.scheduling import (
@@ -77,7 +78,7 @@ def call_judgment(rater, token: str, body: object, campaign_id: int | None) -> R
                                     campaign_id=campaign_id, **answer)
     except LeaseError as exc:
         return refused(exc)
-    out = {"stored": submitted.created, "judgment": submitted.judgment.pk}
+    out = {"stored": submitted.created, "judgment": judgment_ref(submitted.judgment.pk)}
     if submitted.next is not None:
         out["next"] = next_body(submitted.next)
     return (201 if submitted.created else 200), out

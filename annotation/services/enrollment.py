@@ -15,6 +15,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from annotation.models import Campaign, CampaignStatus, Enrollment, Invite
+from annotation.opaque import open_ids, seal_ids
 from annotation.roles import RATER, role_add
 from annotation.services.scheduling import leases_end
 
@@ -106,7 +107,7 @@ def rater_token_make(*, enrollment: Enrollment) -> str:
     two per request), sent in a header rather than a cookie (so another site cannot make the
     browser send it: no CSRF token needed) and good for this campaign's rating calls only."""
     signer = signing.TimestampSigner(salt=RATER_TOKEN_SALT)
-    return signer.sign(f"{enrollment.rater_id}.{enrollment.campaign_id}")
+    return signer.sign(seal_ids(enrollment.rater_id, enrollment.campaign_id))
 
 
 def rater_token_read(token: str) -> tuple[int, int]:
@@ -123,10 +124,11 @@ def _rater_token_verified(token: str) -> tuple[int, int, int]:
     call): (rater id, campaign id, signed at). A bad token raises and is not remembered."""
     signer = signing.TimestampSigner(salt=RATER_TOKEN_SALT)
     value = signer.unsign(token)
-    rater, _, campaign = value.partition(".")
-    if not (rater.isdigit() and campaign.isdigit()):
-        raise signing.BadSignature("malformed rater token")
-    return int(rater), int(campaign), signing.b62_decode(token.rsplit(":", 2)[-2])
+    try:
+        rater, campaign = open_ids(value, 2)  # sealed: the numbers are not readable
+    except ValueError:
+        raise signing.BadSignature("malformed rater token") from None
+    return rater, campaign, signing.b62_decode(token.rsplit(":", 2)[-2])
 
 
 @transaction.atomic

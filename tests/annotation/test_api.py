@@ -10,6 +10,7 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation.models import Assignment, Enrollment, Invite, Judgment
+from annotation.opaque import judgment_ref
 from annotation.roles import ADMIN, role_add
 from annotation.services.campaigns import invite_create
 from policy.models import Candidate, PolicyVersion
@@ -295,7 +296,8 @@ def test_the_rater_token_stands_for_the_session_on_the_rating_calls(campaign, ra
     # then: stored as this rater, and the reply carries the next items (the one preloaded
     # first)
     assert res.status_code == 201
-    assert Judgment.objects.get(pk=res.json()["judgment"]).rater == user
+    stored = Judgment.objects.get(assignment__token=lease["id"])
+    assert stored.rater == user and res.json()["judgment"] == judgment_ref(stored.pk)
     carried = res.json()["next"]
     assert carried["state"] == "rating" and carried["done"] == 1
     assert carried["assignments"][0]["id"] == body["assignments"][1]["id"]
