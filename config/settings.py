@@ -238,7 +238,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "requeue-stale-clips": {
         "task": "rendering.tasks.requeue_stale_clips_task",
-        "schedule": 600.0,
+        "schedule": env.float("CLIP_REAP_EVERY_S", default=60.0),
     },
     "expire-leases": {
         "task": "annotation.tasks.expire_leases_task",
@@ -254,7 +254,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "requeue-stale-round-steps": {  # a step whose worker died resumes from its checkpoints
         "task": "feedback.tasks_rounds.round_reap_task",
-        "schedule": 60.0,
+        "schedule": env.float("ROUND_REAP_EVERY_S", default=60.0),
     },
     "scheduled-rounds": {  # campaigns with a RoundSchedule and enough new trusted judgments
         "task": "feedback.tasks_rounds.round_schedule_task",
@@ -264,6 +264,10 @@ CELERY_BEAT_SCHEDULE = {
 # A running round step renews its heartbeat every few seconds; one silent for this long has lost
 # its worker and is queued again.
 ROUND_STEP_STALE_S = env.int("ROUND_STEP_STALE_S", default=300)
+# A rendering clip writes a heartbeat at least every 10 s; a running clip silent for this long
+# has lost its worker and is queued again by the beat job (every CLIP_REAP_EVERY_S). Redis
+# itself would redeliver a dead worker's task only after the visibility timeout.
+CLIP_SILENT_S = env.int("CLIP_SILENT_S", default=120)
 
 REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -58,6 +58,9 @@ class Clip(models.Model):
     render_seconds = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="last sign of life of the worker rendering it (running clips only)")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

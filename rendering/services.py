@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings as django_settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from rendering import blobs
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 HASH_SCHEME = 1  # bump when the meaning of the hashed fields changes
 VIDEO_EXTENSIONS = ("mp4", "webm", "mov", "avi", "mkv")
 _PROGRESS_STEP = 5.0  # percent between progress writes
+_HEARTBEAT_S = 10.0  # at most this long between writes while frames are rendered (a heartbeat:
+#   settings.CLIP_SILENT_S later, a running clip is taken to have lost its worker)
 
 
 class ClipRequestError(ValueError):
@@ -246,15 +249,22 @@ def clip_retry(*, clip_id: int) -> bool:
 
 
 @transaction.atomic
-def clips_requeue_stale(*, older_than: timedelta) -> int:
-    """Put back clips whose worker vanished (running for longer than any render may take)."""
-    cutoff = timezone.now() - older_than
+def clips_requeue_stale(*, silent_for: timedelta) -> int:
+    """Put back clips whose worker vanished: running, and no sign of life (a heartbeat, or the
+    start for a clip claimed before heartbeats) for ``silent_for``. The worker that rendered
+    it, if it was only slow, finishes the same content-addressed files; the new task renders
+    again whatever is missing."""
+    cutoff = timezone.now() - silent_for
     ids = list(Clip.objects.select_for_update(skip_locked=True)
-               .filter(status=ClipStatus.RUNNING, started_at__lt=cutoff)
+               .filter(status=ClipStatus.RUNNING)
+               .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at=None, started_at__lt=cutoff))
                .values_list("pk", flat=True))
-    Clip.objects.filter(pk__in=ids).update(status=ClipStatus.QUEUED, progress=0.0)
+    Clip.objects.filter(pk__in=ids).update(status=ClipStatus.QUEUED, progress=0.0,
+                                           heartbeat_at=None)
     for pk in ids:
         _enqueue(pk)
+    if ids:
+        logger.warning("clips %s: no sign of their worker for %s, queued again", ids, silent_for)
     return len(ids)
 
 
@@ -273,8 +283,8 @@ def clip_render(*, clip_id: int, progress: Callable[[int, int], None] | None = N
     """
     now = timezone.now()
     claimed = Clip.objects.filter(pk=clip_id, status=ClipStatus.QUEUED).update(
-        status=ClipStatus.RUNNING, started_at=now, finished_at=None, progress=0.0, error="",
-        attempts=F("attempts") + 1,
+        status=ClipStatus.RUNNING, started_at=now, heartbeat_at=now, finished_at=None,
+        progress=0.0, error="", attempts=F("attempts") + 1,
     )
     if not claimed:
         logger.info("clip %s: not queued (gone or taken), nothing to do", clip_id)
@@ -306,15 +316,17 @@ def _render_missing(clip: Clip, report: Callable[[int, int], None] | None) -> di
         sha, _ = blobs.put_blob(poster, "png")
         return {"poster_sha": sha}
 
-    last = [0.0]
+    last = [0.0, time.monotonic()]  # percent and time of the last write
 
     def progress(done: int, total: int) -> None:
         if report is not None:
             report(done, total)
         percent = 100.0 * done / max(total, 1)
-        if percent - last[0] >= _PROGRESS_STEP:
-            last[0] = percent
-            Clip.objects.filter(pk=clip.pk).update(progress=min(percent, 99.0))
+        now = time.monotonic()
+        if percent - last[0] >= _PROGRESS_STEP or now - last[1] >= _HEARTBEAT_S:
+            last[0], last[1] = percent, now
+            Clip.objects.filter(pk=clip.pk, status=ClipStatus.RUNNING).update(
+                progress=min(percent, 99.0), heartbeat_at=timezone.now())
 
     media = clip.media or {}
     speaker = None

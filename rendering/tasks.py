@@ -26,6 +26,10 @@ def render_clip_task(clip_id: int) -> None:
 @shared_task(queue=Queue.DEFAULT, acks_late=True, time_limit=300, ignore_result=True)
 def requeue_stale_clips_task() -> None:
     """For the beat schedule: clips left running by a worker that died."""
+    from django.conf import settings
+
     from rendering.services import clips_requeue_stale
 
-    clips_requeue_stale(older_than=timedelta(seconds=RENDER_SOFT_LIMIT_S + 120))
+    # A rendering clip writes a heartbeat every few seconds; CLIP_SILENT_S without one means
+    # its worker is gone (Redis would redeliver the task only after its visibility timeout).
+    clips_requeue_stale(silent_for=timedelta(seconds=settings.CLIP_SILENT_S))

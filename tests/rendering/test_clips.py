@@ -1,12 +1,16 @@
 """Clips and render jobs: requested once by content, rendered once, failures recorded."""
 
 import os
+import signal
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from config.celery import app as celery_app
 from rendering import blobs
@@ -19,6 +23,7 @@ from rendering.services import (
     clip_render,
     clip_request,
     clip_retry,
+    clips_requeue_stale,
 )
 from tests.conftest import media_files, require_real_services
 from tests.rendering.conftest import wobble
@@ -247,3 +252,65 @@ def test_a_real_worker_renders_from_the_render_queue():
     assert clip.status == ClipStatus.SUCCEEDED, output[-3000:]
     assert "rendering.tasks.render_clip_task" in output
 
+
+
+@pytest.mark.django_db
+def test_only_clips_whose_worker_fell_silent_are_queued_again(django_capture_on_commit_callbacks):
+    # given: three running clips: one with a fresh heartbeat, one silent, one claimed before
+    # heartbeats existed and started long ago
+    now = timezone.now()
+    live, silent, old = (clip_request(fps=30, sequence=sequence(seed=s), settings=SMALL,
+                                      enqueue=False) for s in range(3))
+    Clip.objects.filter(pk=live.pk).update(status=ClipStatus.RUNNING, started_at=now
+                                           - timedelta(hours=1), heartbeat_at=now)
+    Clip.objects.filter(pk=silent.pk).update(status=ClipStatus.RUNNING, started_at=now,
+                                             heartbeat_at=now - timedelta(minutes=3))
+    Clip.objects.filter(pk=old.pk).update(status=ClipStatus.RUNNING, started_at=now
+                                          - timedelta(minutes=3), heartbeat_at=None)
+    # when
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        requeued = clips_requeue_stale(silent_for=timedelta(minutes=2))
+    # then: the two silent ones are queued again, with a task each; the live one runs on
+    assert requeued == 2 and len(sent) == 2
+    states = dict(Clip.objects.filter(pk__in=[live.pk, silent.pk, old.pk])
+                  .values_list("pk", "status"))
+    assert states == {live.pk: ClipStatus.RUNNING, silent.pk: ClipStatus.QUEUED,
+                      old.pk: ClipStatus.QUEUED}
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_render_whose_worker_is_killed_is_queued_again_and_finishes_once():
+    """kill -9 of the worker mid-render: the clip's heartbeat stops, the reaper queues it again
+    and a new worker renders it, without waiting for the broker's visibility timeout."""
+    require_real_services()
+    with celery_app.connection_for_write() as conn:
+        conn.default_channel.queue_purge("render")
+    env = worker_env(dict(os.environ), PYOPENGL_PLATFORM="osmesa")
+    worker = start_worker("render", env)
+    try:
+        clip = clip_request(fps=30, sequence=sequence(n=900), settings=SMALL)
+
+        def rendering() -> bool:
+            clip.refresh_from_db()
+            return clip.status == ClipStatus.RUNNING and clip.progress > 0
+
+        deadline = time.monotonic() + 120
+        while not rendering() and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.05)
+        assert rendering(), stop(worker)[-3000:]
+        assert clip.heartbeat_at is not None
+        os.kill(worker.pid, signal.SIGKILL)  # mid-render, no goodbye
+        worker.wait(30)
+        time.sleep(1.5)
+        clip.refresh_from_db()
+        assert clip.status == ClipStatus.RUNNING  # nobody is rendering it now
+        # when: the beat job runs with a short silence allowance, and a worker comes back
+        assert clips_requeue_stale(silent_for=timedelta(seconds=1)) == 1
+        worker = start_worker("render", env)
+        wait_until_finished(clip, worker, (ClipStatus.SUCCEEDED, ClipStatus.FAILED), timeout=180)
+    finally:
+        output = stop(worker)
+    # then
+    assert clip.status == ClipStatus.SUCCEEDED and clip.attempts == 2, output[-3000:]
+    assert blobs.read_blob(clip.mp4_sha, "mp4")[4:8] == b"ftyp"
