@@ -178,11 +178,20 @@ class RaterApi(NotCached):
 
 class NextOutputSerializer(serializers.Serializer):
     state = serializers.ChoiceField(
-        choices=["rating", "finished", "blocked", "paused", "consent"])
+        choices=["rating", "finished", "blocked", "paused", "consent", "waiting", "cool_down"],
+        help_text="rating: items to answer. finished: nothing is left for this rater. waiting: "
+                  "the items left are held by other raters for now; ask again after "
+                  "retry_after. cool_down: this rater's leases kept running out unanswered; "
+                  "no new items until retry_after. blocked, paused, consent: as named")
+    detail = serializers.CharField(allow_blank=True,
+                                   help_text="why no items are given, in words for the rater")
+    retry_after = serializers.IntegerField(
+        help_text="waiting, cool_down: seconds after which asking again may give items; else 0")
     done = serializers.IntegerField(help_text="items this rater has answered")
     quota = serializers.IntegerField(help_text="items one rater answers at most")
     warning = serializers.CharField(allow_blank=True)
-    completion_code = serializers.CharField(allow_blank=True)
+    completion_code = serializers.CharField(
+        allow_blank=True, help_text="only once finished, and only after at least one answer")
     completion_url = serializers.CharField(allow_blank=True)
     assignments = serializers.ListField(
         child=serializers.DictField(),

@@ -8,6 +8,7 @@ Django. Neither adds rules of its own.
 
 from __future__ import annotations
 
+from annotation import rules
 from annotation.opaque import judgment_ref
 from annotation.selectors import assignments_payload
 from annotation.services.judgments import judgment_submit
@@ -34,15 +35,48 @@ def refused(exc: LeaseError) -> Reply:
     return error(exc.status, exc.code, exc.message)
 
 
+# What the page says for each state it shows no item in (``detail``).
+DETAILS = {
+    "finished": "You have answered every item we have for you.",
+    "finished_unearned": "There are no items left for you in this study, so there is nothing "
+                         "to complete. Thank you for your interest.",
+    "waiting": "Every item left is being rated by someone else right now, and some usually "
+               "come back within a few minutes. This page will try again by itself.",
+    "cool_down": "Several items you were given ran out without an answer, so no new items are "
+                 "given to you for {}. Please come back then, and answer each item you are "
+                 "shown.",
+    "blocked": "We have enough answers from you for this study.",
+    "paused": "This study is paused. Please come back later.",
+    "consent": "Please open your invite link again to agree to the terms.",
+}
+
+
+def _minutes(seconds: int) -> str:
+    minutes = max(1, -(-seconds // 60))
+    return f"{minutes} minute{'s' if minutes > 1 else ''}"
+
+
 def next_body(result: NextResult) -> dict:
-    finished = result.state == "finished"
+    """The next call's reply: the items, or why there are none (``state``, ``detail``), when
+    to ask again (``retry_after``: waiting, cool_down) and, for a rater who finished after
+    answering, the completion code."""
+    earned = result.state == "finished" and rules.completion_earned(answered=result.done)
+    detail = ""
+    if result.state == "finished":
+        detail = DETAILS["finished" if earned else "finished_unearned"]
+    elif result.state == "cool_down":
+        detail = DETAILS["cool_down"].format(_minutes(result.retry_after))
+    elif result.state != "rating":
+        detail = DETAILS.get(result.state, "")
     return {
         "state": result.state,
+        "detail": detail,
+        "retry_after": result.retry_after,
         "done": result.done,
         "quota": result.quota,
         "warning": WARNING if result.warned else "",
-        "completion_code": result.seat.completion_code if finished else "",
-        "completion_url": result.seat.completion_url if finished else "",
+        "completion_code": result.seat.completion_code if earned else "",
+        "completion_url": result.seat.completion_url if earned else "",
         "assignments": assignments_payload(result.assignments),
     }
 

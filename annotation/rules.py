@@ -18,7 +18,10 @@ In this module:
 * probe verdicts (``probe_verdict``): gold, catch, hidden repeats, the weighted best candidate
   of a group (``group_best``) and the pairs a group answer implies (``group_pairs``);
 * the probe kind drawn for a lease (``probe_kind``, ``probe_draws``);
-* warn and block (``warned``, ``blocks``) and whether a rater is served (``serving_state``).
+* warn and block (``warned``, ``blocks``) and whether a rater is served (``serving_state``);
+* how long a lease lives (``lease_expiry``), the cool-down of a rater whose leases keep running
+  out unanswered (``cool_down_left``), why a served rater holds nothing (``idle_state``) and
+  whether a finished rater is given the completion code (``completion_earned``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from annotation.models import CRITERIA, AssignmentStatus, CampaignStatus, Probe, Protocol
 
@@ -386,7 +390,8 @@ def warned(*, probes_failed: int, warn_after: int, blocked: bool) -> bool:
 
 def serving_state(*, rater_active: bool, needs_consent: bool, consented: bool, blocked: bool,
                   excluded: bool, campaign_status: str) -> str:
-    """Why no items are served to a rater, or ``rating``: consent | blocked | paused | finished.
+    """Why no items are served to a rater, or ``rating``: consent | blocked | paused | finished
+    (a rater who is served may still get none: ``idle_state``).
     Raters excluded by quality control are told they are finished, as blocked raters are told
     they are blocked (the probes they failed were theirs to see; a review of their work is not).
     """
@@ -401,3 +406,56 @@ def serving_state(*, rater_active: bool, needs_consent: bool, consented: bool, b
     if excluded:
         return "finished"
     return "rating"
+
+
+# --- leases that are held and not answered ------------------------------------------------------
+
+def lease_expiry(*, now: datetime, leased_at: datetime, lease_seconds: int,
+                 max_age_s: int) -> datetime:
+    """When a lease granted at ``leased_at`` and kept alive at ``now`` expires: ``lease_seconds``
+    ahead, but never later than ``max_age_s`` after it was granted, so that a page which
+    heartbeats and never answers cannot hold an item for ever. (The database functions compute
+    the same with ``least``.)"""
+    return min(now + timedelta(seconds=lease_seconds), leased_at + timedelta(seconds=max_age_s))
+
+
+def cool_down_left(*, lapses: int, lapsed_at: datetime | None, now: datetime, limit: int,
+                   cool_down_s: int) -> int:
+    """Seconds before a rater is given a new item again (0: now), from their lapses in the
+    campaign: leases that ended without an answer (ran out, or were ended), with no answer of
+    theirs since. From ``limit`` lapses on, no new item until ``cool_down_s`` after the latest.
+
+    An honest rater answers, and any answer clears the count; a few pages closed or left in a
+    background tab stay under the limit. A client that takes items, heartbeats and never answers
+    reaches it after ``limit / PREFETCH`` rounds of leases that each ran to their maximum age,
+    and then holds nothing for ``cool_down_s`` after each further round. ``limit`` 0: never."""
+    if limit <= 0 or lapses < limit or lapsed_at is None:
+        return 0
+    left = (lapsed_at + timedelta(seconds=cool_down_s) - now).total_seconds()
+    return max(0, math.ceil(left))
+
+
+def idle_state(*, quota_left: int, open_items: bool, cool_down_s: int) -> str:
+    """Why a rater who is served holds no lease after a top-up:
+
+    * ``finished``: nothing is left for them: they answered their quota, or no item has room
+      that they have not answered;
+    * ``cool_down``: items are left, but their leases kept running out unanswered
+      (``cool_down_left`` seconds, ``cool_down_s``);
+    * ``waiting``: every item left for them is held, for now, by other raters' leases (or a
+      lease of theirs that ran out is not released yet): some come back when those run out,
+      so they are asked to try again, and are not told the campaign is finished."""
+    if quota_left <= 0 or not open_items:
+        return "finished"
+    if cool_down_s > 0:
+        return "cool_down"
+    return "waiting"
+
+
+def completion_earned(*, answered: int) -> bool:
+    """Whether a finished rater is given the completion code (and the link back to the crowd
+    platform). A campaign asks each rater for the items it has for them, up to
+    ``per_rater_limit``: a finished rater who answered at least one did what was asked, however
+    few items were left. One who answered none was given nothing to do (every item was taken by
+    the time they came) and gets no code for it."""
+    return answered > 0

@@ -52,6 +52,7 @@ from annotation.services.campaigns import (
 )
 from annotation.services.enrollment import (
     InviteError,
+    InviteThrottled,
     consent_give,
     invite_accept,
     rater_token_make,
@@ -144,7 +145,13 @@ def invite(request: HttpRequest, token: str) -> HttpResponse:
     try:
         enrollment = invite_accept(
             token=token, user=request.user, participant=participant,
-            study=source.get("STUDY_ID", ""), session=source.get("SESSION_ID", ""))
+            study=source.get("STUDY_ID", ""), session=source.get("SESSION_ID", ""),
+            address=client_address(request))
+    except InviteThrottled as exc:
+        reply = render(request, "annotation/message.html",
+                       {"title": "Please try again later", "text": str(exc)}, status=429)
+        reply["Retry-After"] = str(exc.wait)
+        return reply
     except InviteError as exc:
         return render(request, "annotation/message.html",
                       {"title": "Cannot start", "text": str(exc)}, status=400)

@@ -92,9 +92,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Shared state between web processes: the sign-in throttle's counts. Redis in production
-# (docker-compose.yml sets CACHE_URL=redis://redis:6379/1), so every process counts together;
-# local memory by default, which counts per process.
+# Shared state between web processes: the sign-in and invite throttles' counts. Redis in
+# production (docker-compose.yml sets CACHE_URL=redis://redis:6379/1), so every process counts
+# together; local memory by default, which counts per process.
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -118,6 +118,19 @@ SIGN_IN_MAX_FAILURES = env.int("SIGN_IN_MAX_FAILURES", default=5)
 SIGN_IN_MAX_FAILURES_PER_ADDRESS = env.int("SIGN_IN_MAX_FAILURES_PER_ADDRESS", default=20)
 SIGN_IN_WINDOW_S = env.int("SIGN_IN_WINDOW_S", default=900)
 SIGN_IN_PROXIES = env.int("SIGN_IN_PROXIES", default=0)
+# Accounts made by opening an invite link while signed out (annotation/services/enrollment.py),
+# counted in the same cache per client address (read as the sign-in throttle reads it) and per
+# link, in fixed windows of INVITE_WINDOW_S; past either limit the link answers 429 and makes
+# nothing until the window ends. Reopening a link (the same crowd participant id, or a signed-in
+# account) makes no account and is not counted. A lab or a NAT puts many people behind one
+# address; a crowd platform sends one study's participants through one link, so raise the
+# link's limit for a study that recruits faster. 0 switches a limit off.
+INVITE_MAX_ACCOUNTS_PER_ADDRESS = env.int("INVITE_MAX_ACCOUNTS_PER_ADDRESS", default=20)
+INVITE_MAX_ACCOUNTS_PER_LINK_PER_WINDOW = env.int("INVITE_MAX_ACCOUNTS_PER_LINK_PER_WINDOW",
+                                                  default=300)
+INVITE_WINDOW_S = env.int("INVITE_WINDOW_S", default=3600)
+if INVITE_WINDOW_S < 1:
+    raise ImproperlyConfigured("INVITE_WINDOW_S must be at least 1 (seconds)")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -171,6 +184,18 @@ CLIP_URL_MAX_AGE_S = env.int("CLIP_URL_MAX_AGE_S", default=900)
 RATING_DB_FUNCTIONS = env.bool("RATING_DB_FUNCTIONS", default=True)
 # The rate page's calls answered in front of Django (annotation/fastpath.py).
 RATING_FAST_PATH = env.bool("RATING_FAST_PATH", default=True)
+# Leases (annotation/services/scheduling.py). A heartbeat moves a lease's expiry a campaign's
+# lease_seconds ahead, but never past LEASE_MAX_AGE_S after it was granted: a page that
+# heartbeats and never answers loses its items then. A lease that ends without an answer is a
+# lapse; a rater with LEASE_LAPSES_BEFORE_COOL_DOWN lapses in a campaign and no answer there
+# since the first of them is given no new item until LEASE_COOL_DOWN_S after the latest (the
+# items already held can still be answered, and an answer ends the cool-down). 0 switches the
+# cool-down off.
+LEASE_MAX_AGE_S = env.int("LEASE_MAX_AGE_S", default=1800)
+LEASE_LAPSES_BEFORE_COOL_DOWN = env.int("LEASE_LAPSES_BEFORE_COOL_DOWN", default=6)
+LEASE_COOL_DOWN_S = env.int("LEASE_COOL_DOWN_S", default=1800)
+if LEASE_MAX_AGE_S < 1:
+    raise ImproperlyConfigured("LEASE_MAX_AGE_S must be at least 1 (seconds)")
 
 # --- quality control (feedback/services/qc/__init__.py documents every rule) ------------------
 # When a rater is flagged (kept, shown for review) or excluded (served nothing more, left out

@@ -1,15 +1,27 @@
-"""Raters joining a campaign: invite links and crowd-platform entry."""
+"""Raters joining a campaign: invite links and crowd-platform entry.
+
+Opening a link while signed out makes an account, so the accounts a link makes are throttled:
+counted in Django's cache (``CACHES``, as the sign-in throttle's counts) per client address and
+per link, in fixed windows of ``INVITE_WINDOW_S`` seconds. Past ``INVITE_MAX_ACCOUNTS_PER_ADDRESS``
+or ``INVITE_MAX_ACCOUNTS_PER_LINK_PER_WINDOW`` the link makes nothing more until the window ends
+(``InviteThrottled``). Only a new account is counted: a crowd participant whose id already has
+one, or a signed-in user, reopens the link freely.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import math
 import secrets
 import time
 from functools import lru_cache
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import signing
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -30,6 +42,75 @@ class InviteError(Exception):
     """The invite cannot be used; the message says why, for the person holding the link."""
 
 
+class InviteThrottled(InviteError):
+    """The link, or the client's address, made as many accounts as it may in this window;
+    nothing was made. ``wait``: seconds until the window ends."""
+
+    def __init__(self, message: str, *, wait: int) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
+_THROTTLED = {
+    "address": "Too many new accounts have been made from your network address. Please try "
+               "again in {}.",
+    "link": "This invite link has taken as many new raters as it can for now. Please try "
+            "again in {}.",
+}
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _account_counters(*, invite_id: int, address: str) -> tuple[list[tuple[str, int, str]],
+                                                                   float]:
+    """(key, limit, what) of each count a new account is held to in the current window (a limit
+    of 0 holds none), and the seconds left in the window."""
+    length = settings.INVITE_WINDOW_S
+    now = _now()
+    window = int(now // length)
+    out = []
+    if address and settings.INVITE_MAX_ACCOUNTS_PER_ADDRESS > 0:
+        # Hashed: an address may be IPv6 with a zone, any length; cache keys may not.
+        digest = hashlib.sha256(address.encode()).hexdigest()[:32]
+        out.append((f"invite-accounts:address:{digest}:{window}",
+                    settings.INVITE_MAX_ACCOUNTS_PER_ADDRESS, "address"))
+    if settings.INVITE_MAX_ACCOUNTS_PER_LINK_PER_WINDOW > 0:
+        out.append((f"invite-accounts:link:{invite_id}:{window}",
+                    settings.INVITE_MAX_ACCOUNTS_PER_LINK_PER_WINDOW, "link"))
+    return out, length - now % length
+
+
+def _account_counted(*, invite_id: int, address: str) -> None:
+    """Count one new account against the link's and the address's limits; past either, count
+    nothing and raise ``InviteThrottled``. Each count is taken before it is compared (add, then
+    incr: atomic on Redis and within a process), so requests at the same moment cannot all pass
+    under the limit."""
+    counters, left = _account_counters(invite_id=invite_id, address=address)
+    timeout = settings.INVITE_WINDOW_S + 1  # a key lives one window
+    taken: list[str] = []
+    for key, limit, what in counters:
+        cache.add(key, 0, timeout=timeout)
+        try:
+            count = cache.incr(key)
+        except ValueError:  # evicted between the two
+            cache.set(key, 1, timeout=timeout)
+            count = 1
+        taken.append(key)
+        if count > limit:
+            for done in taken:  # a refused request leaves the counts as they were
+                with contextlib.suppress(ValueError):  # (evicted: nothing to give back)
+                    cache.decr(done)
+            wait = max(1, math.ceil(left))
+            minutes = max(1, math.ceil(wait / 60))
+            logger.warning("invite %s refused a new account from %s: %s limit reached",
+                           invite_id, address or "an unknown address", what)
+            raise InviteThrottled(
+                _THROTTLED[what].format(f"{minutes} minute{'s' if minutes > 1 else ''}"),
+                wait=wait)
+
+
 def _crowd_username(campaign: Campaign, participant: str) -> str:
     digest = hashlib.sha256(f"{campaign.pk}:{participant}".encode()).hexdigest()[:24]
     return f"p-{digest}"
@@ -37,13 +118,17 @@ def _crowd_username(campaign: Campaign, participant: str) -> str:
 
 @transaction.atomic
 def invite_accept(*, token: str, user=None, participant: str = "", study: str = "",
-                  session: str = "") -> Enrollment:
+                  session: str = "", address: str | None = None) -> Enrollment:
     """Enrol the holder of an invite link.
 
     A signed-in user is enrolled as themselves. Otherwise a rater account is made: for a crowd
     participant (``participant`` from the campaign's URL parameter) the same participant id
     always finds the same account, so reopening the link resumes; a plain invite makes a fresh
     pseudonymous account. Opening the same link twice uses the invite once.
+
+    ``address``: the client's address when the link was opened on the site, whose new accounts
+    are throttled (``InviteThrottled``, nothing made); None for raters made on the server itself
+    (commands), which are not.
     """
     invite = (Invite.objects.select_for_update(of=("self",), no_key=True)
               .select_related("campaign")
@@ -67,20 +152,31 @@ def invite_accept(*, token: str, user=None, participant: str = "", study: str = 
     if user is not None and user.is_authenticated:
         rater = user
     elif participant:
-        rater, made = User.objects.get_or_create(username=_crowd_username(campaign, participant))
-        if made:
-            rater.set_unusable_password()
-            rater.save(update_fields=["password"])
+        rater = User.objects.filter(username=_crowd_username(campaign, participant)).first()
     else:
-        rater = User(username=f"r-{secrets.token_hex(10)}")
-        rater.set_unusable_password()
-        rater.save()
+        rater = None  # a fresh account, below
 
-    enrollment = Enrollment.objects.filter(campaign=campaign, rater=rater).first()
-    if enrollment is not None:
-        return enrollment
+    if rater is not None:
+        enrollment = Enrollment.objects.filter(campaign=campaign, rater=rater).first()
+        if enrollment is not None:
+            return enrollment
     if invite.max_uses is not None and invite.uses >= invite.max_uses:
         raise InviteError("This invite link has been used up.")
+    if rater is None:
+        # Counted last, once nothing else refuses: only an account that is made counts.
+        if address is not None:
+            _account_counted(invite_id=invite.pk, address=address)
+        if participant:
+            # (get_or_create: the same participant's second tab may have made it meanwhile)
+            rater, made = User.objects.get_or_create(
+                username=_crowd_username(campaign, participant))
+            if made:
+                rater.set_unusable_password()
+                rater.save(update_fields=["password"])
+        else:
+            rater = User(username=f"r-{secrets.token_hex(10)}")
+            rater.set_unusable_password()
+            rater.save()
     try:
         with transaction.atomic():
             enrollment = Enrollment.objects.create(

@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -305,12 +306,12 @@ def _submit_in_db(rater, token: str, campaign_id: int | None, key: uuid.UUID,
               connection.cursor() as cursor):
             cursor.execute(
                 "SELECT * FROM annotation_answer(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s, %s, %s, %s, %s)",
+                "%s, %s, %s, %s, %s, %s, %s, %s)",
                 [db_uuid(token), rater.pk, key, meaning.choice, meaning.outcome,
                  meaning.strength, _json(meaning.reasons), _json(meaning.scores),
                  _json(decision.qc), decision.passed, decision.failed, decision.block,
                  answer.decision_ms, answer.viewing_ms, _json(answer.playback),
-                 judgment.created_at, PREFETCH, decision.probes])
+                 judgment.created_at, PREFETCH, decision.probes, settings.LEASE_MAX_AGE_S])
             row = fetch_row(cursor)
     except IntegrityError:
         # Only the key can collide: another lease's answer took it a moment earlier.

@@ -7,7 +7,14 @@ there are), locks its row (``FOR NO KEY UPDATE SKIP LOCKED`` on PostgreSQL, so r
 behind each other) and re-counts its live leases in a fresh statement while holding the lock; a
 submission increments the item's judgment count under the same lock. A lease is live while
 ``expires_at`` is in the future; every heartbeat moves it ``lease_seconds`` ahead, so an
-abandoned page loses its items within that time (no fixed day-long locks).
+abandoned page loses its items within that time (no fixed day-long locks), but never past
+``LEASE_MAX_AGE_S`` after it was granted, so a page that heartbeats and never answers loses them
+too (``rules.lease_expiry``).
+
+A rater holds at most ``PREFETCH`` live leases. One whose leases keep ending unanswered is given
+no new item for a while (``rules.cool_down_left``, ``LEASE_LAPSES_BEFORE_COOL_DOWN``,
+``LEASE_COOL_DOWN_S``); one who holds nothing after a top-up is told why (``rules.idle_state``):
+finished, cooling down, or waiting while the items left are held by others.
 
 Two paths do this work: on PostgreSQL, the functions in ``annotation/sql`` (one call for next
 and heartbeat, two for an answer: its lease's context, then the store; a round trip there costs
@@ -23,8 +30,8 @@ import json
 import logging
 import random
 import uuid
-from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from dataclasses import MISSING, dataclass, field, fields
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -96,6 +103,11 @@ class Seat:
     completion_code: str
     completion_url: str
     rater_active: bool  # the account may still sign in (admins can switch it off)
+    # The rater's lapses (leases that ended unanswered, no answer since) and when the latest
+    # ended: read by ``annotation_seat`` and ``_SEAT_BY_SLUG`` only. A read made for an answer
+    # leaves them out: an answer ends any cool-down.
+    lapses: int = 0
+    lapsed_at: datetime | None = None
 
     @property
     def rates(self) -> rules.ProbeRates:
@@ -111,13 +123,17 @@ class Seat:
 
 
 _BOOLEANS = {f.name for f in fields(Seat) if f.type == "bool"}
+_OPTIONAL = {f.name for f in fields(Seat) if f.default is not MISSING}
 
 
 def seat_from(row: dict) -> Seat:
-    """The seat in a row holding its columns by name (others ignored); SQLite's booleans are
-    integers."""
-    return Seat(**{f.name: bool(row[f.name]) if f.name in _BOOLEANS else row[f.name]
-                   for f in fields(Seat)})
+    """The seat in a row holding its columns by name (others ignored; those with a default may
+    be missing); SQLite's booleans are integers, its times text."""
+    seat = Seat(**{f.name: bool(row[f.name]) if f.name in _BOOLEANS else row[f.name]
+                   for f in fields(Seat) if f.name in row or f.name not in _OPTIONAL})
+    if seat.lapsed_at is not None:
+        seat.lapsed_at = db_datetime(seat.lapsed_at)
+    return seat
 
 
 # The seat's columns for the portable statements (``annotation_seat`` reads the same).
@@ -134,8 +150,17 @@ SEAT_COLUMNS = (
     "c.completion_url AS completion_url, u.is_active AS rater_active"
 )
 
+# The rater's lapses in the campaign (``annotation_seat`` reads the same): leases that ended
+# unanswered, with no answer of theirs since. Parameters: the submitted status, now.
+_LAPSED = (
+    "FROM annotation_assignment x WHERE x.rater_id = e.rater_id "
+    "AND x.campaign_id = e.campaign_id AND x.status <> %s AND x.expires_at <= %s "
+    "AND NOT EXISTS (SELECT 1 FROM annotation_judgment j WHERE j.rater_id = e.rater_id "
+    "AND j.campaign_id = e.campaign_id AND j.created_at >= x.expires_at)"
+)
 _SEAT_BY_SLUG = (  # built from constants only; every value is a parameter
-    "SELECT " + SEAT_COLUMNS + " FROM annotation_enrollment e "  # noqa: S608
+    "SELECT " + SEAT_COLUMNS + ", (SELECT COUNT(*) " + _LAPSED + ") AS lapses, "  # noqa: S608
+    "(SELECT MAX(x.expires_at) " + _LAPSED + ") AS lapsed_at FROM annotation_enrollment e "
     "JOIN annotation_campaign c ON c.id = e.campaign_id JOIN auth_user u ON u.id = e.rater_id "
     "WHERE c.slug = %s AND e.rater_id = %s"
 )
@@ -145,7 +170,10 @@ _SEAT_BY_SLUG = (  # built from constants only; every value is a parameter
 class NextResult:
     seat: Seat
     assignments: list[Assignment] = field(default_factory=list)
-    state: str = "rating"  # rating | finished | blocked | paused | consent
+    # rating | finished | blocked | paused | consent (rules.serving_state) | waiting |
+    # cool_down (rules.idle_state)
+    state: str = "rating"
+    retry_after: int = 0  # waiting, cool_down: seconds after which asking again may serve
 
     @property
     def done(self) -> int:
@@ -222,15 +250,20 @@ def _live_leases(seat: Seat) -> list[Assignment]:
         return leases_from(seat, _fetch_all(cursor))
 
 
-def _top_up_in_db(seat: Seat, probes: list[str]) -> list[Assignment]:
-    """Leases up to ``PREFETCH`` and the live list, in one call; ``probes``: the probe drawn for
+def new_lease_expiry(seat: Seat, now: datetime) -> datetime:
+    """When a lease granted now expires (``lease_seconds``, at most ``LEASE_MAX_AGE_S``)."""
+    return rules.lease_expiry(now=now, leased_at=now, lease_seconds=seat.lease_seconds,
+                              max_age_s=settings.LEASE_MAX_AGE_S)
+
+
+def _top_up_in_db(seat: Seat, probes: list[str], target: int) -> list[Assignment]:
+    """Leases up to ``target`` and the live list, in one call; ``probes``: the probe drawn for
     each lease it may grant."""
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute("SELECT * FROM annotation_top_up(%s, %s, %s, %s, %s, %s, %s, %s, %s)", [
-            seat.campaign_id, seat.rater_id, seat.overlap, seat.active_order, PREFETCH,
-            seat.per_rater_limit - seat.n_judgments, now,
-            now + timedelta(seconds=seat.lease_seconds), probes])
+            seat.campaign_id, seat.rater_id, seat.overlap, seat.active_order, target,
+            seat.per_rater_limit - seat.n_judgments, now, new_lease_expiry(seat, now), probes])
         return leases_from(seat, _fetch_all(cursor))
 
 
@@ -243,8 +276,13 @@ def assignments_next(*, rater, campaign_slug: str, campaign_id: int | None = Non
     API token names it), must be the slug's.
     """
     with connection.cursor() as cursor:
-        cursor.execute("SELECT * FROM annotation_seat(%s, %s)" if db_functions()
-                       else _SEAT_BY_SLUG, [campaign_slug, rater.pk])
+        if db_functions():
+            cursor.execute("SELECT * FROM annotation_seat(%s, %s)", [campaign_slug, rater.pk])
+        else:
+            now = db_now()
+            cursor.execute(_SEAT_BY_SLUG, [AssignmentStatus.SUBMITTED, now,
+                                           AssignmentStatus.SUBMITTED, now, campaign_slug,
+                                           rater.pk])
         row = fetch_row(cursor)
     if row is None or (campaign_id is not None and row["campaign_id"] != campaign_id):
         raise refusal("not_enrolled")
@@ -262,36 +300,75 @@ def seat_probe_draws(seat: Seat) -> list[str]:
     return rules.probe_draws(seat.rates, probe_numbers(), answered=seat.n_judgments)
 
 
-def seat_result(seat: Seat, live: list[Assignment]) -> NextResult:
-    """What the rater gets next, given their live leases after a top-up."""
+# A regular item that still has room under the overlap and that the rater has not answered:
+# something is left for them, held by others' leases if the top-up found nothing (or by a lease
+# of theirs that ran out and is not released yet).
+_OPEN_ITEM = (
+    "SELECT 1 FROM annotation_item i WHERE i.campaign_id = %s AND i.probe = %s "
+    "AND i.n_judgments < %s AND NOT EXISTS (SELECT 1 FROM annotation_assignment m "
+    "WHERE m.item_id = i.id AND m.rater_id = %s AND m.status = %s AND m.probe <> %s) LIMIT 1"
+)
+WAIT_RETRY_S = 60  # a rater waiting for items held by others asks again this often, at most
+
+
+def _open_item(seat: Seat) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(_OPEN_ITEM, [seat.campaign_id, Probe.NONE, seat.overlap, seat.rater_id,
+                                    AssignmentStatus.SUBMITTED, Probe.REPEAT])
+        return cursor.fetchone() is not None
+
+
+def seat_cool_down(seat: Seat) -> int:
+    """Seconds before the seat's rater is given a new item again (0: now)."""
+    return rules.cool_down_left(lapses=seat.lapses, lapsed_at=seat.lapsed_at,
+                                now=timezone.now(),
+                                limit=settings.LEASE_LAPSES_BEFORE_COOL_DOWN,
+                                cool_down_s=settings.LEASE_COOL_DOWN_S)
+
+
+def seat_result(seat: Seat, live: list[Assignment], *, cool_down: int = 0) -> NextResult:
+    """What the rater gets next, given their live leases after a top-up (``cool_down``: the
+    seconds left of theirs, when the top-up granted nothing for it)."""
     result = NextResult(seat=seat, assignments=live)
-    if not live:
-        result.state = "finished"
+    if live:
+        return result
+    quota_left = seat.per_rater_limit - seat.n_judgments
+    result.state = rules.idle_state(quota_left=quota_left,
+                                    open_items=quota_left > 0 and _open_item(seat),
+                                    cool_down_s=cool_down)
+    if result.state == "finished":
         if not seat.finished:
             Enrollment.objects.filter(pk=seat.enrollment_id, finished_at=None).update(
                 finished_at=timezone.now())
+    elif result.state == "cool_down":
+        result.retry_after = cool_down
+    else:  # waiting: a lease held elsewhere and abandoned runs out within lease_seconds
+        result.retry_after = max(1, min(seat.lease_seconds, WAIT_RETRY_S))
     return result
 
 
 def seat_top_up(seat: Seat) -> NextResult:
-    """The seat's live leases topped up to ``PREFETCH`` (or why none are served)."""
+    """The seat's live leases topped up to ``PREFETCH`` (or why none are served). In a
+    cool-down the rater keeps the leases they hold and is given none."""
     state = seat.state
     if state != "rating":
         return NextResult(seat=seat, state=state)
+    cool_down = seat_cool_down(seat)
+    target = 0 if cool_down else PREFETCH
     draws = seat_probe_draws(seat)
     if db_functions():
-        return seat_result(seat, _top_up_in_db(seat, draws))
+        return seat_result(seat, _top_up_in_db(seat, draws, target), cool_down=cool_down)
     live = _live_leases(seat)
     room = seat.per_rater_limit - seat.n_judgments - len(live)
     for probe in draws:
-        if len(live) >= PREFETCH or room <= 0:
+        if len(live) >= target or room <= 0:
             break
         new = _lease_one(seat, probe=probe)
         if new is None:
             break
         live.append(new)
         room -= 1
-    return seat_result(seat, live)
+    return seat_result(seat, live, cool_down=cool_down)
 
 
 def seat_stop_serving(seat: Seat, *, block: bool) -> None:
@@ -411,7 +488,7 @@ def _new_lease(seat: Seat, item_id: int, size: int, *, probe: str = Probe.NONE,
         order = list(range(size))
         _rng.shuffle(order)
     token = uuid.uuid4()
-    expires = now + timedelta(seconds=seat.lease_seconds)
+    expires = new_lease_expiry(seat, now)
     now_db = db_now(now)
     with connection.cursor() as cursor:
         cursor.execute(_LEASE, [
@@ -468,27 +545,34 @@ def _lease_probe(seat: Seat, probe: str) -> Assignment | None:
 
 
 _LEASE_STATE = (
-    "SELECT a.rater_id AS lease_rater_id, a.status AS lease_status, "
+    "SELECT a.id AS lease_id, a.rater_id AS lease_rater_id, a.status AS lease_status, "
     "a.expires_at AS expires_at, a.campaign_id AS campaign_id, "
     "c.status AS campaign_status, c.lease_seconds AS lease_seconds, u.is_active AS rater_active "
     "FROM annotation_assignment a JOIN annotation_campaign c ON c.id = a.campaign_id "
     "JOIN auth_user u ON u.id = a.rater_id WHERE a.token = %s"
 )
+_LIVE_GRANTS = (
+    "SELECT id, leased_at FROM annotation_assignment "
+    "WHERE rater_id = %s AND campaign_id = %s AND status = %s AND expires_at > %s"
+)
 _EXTEND = (
     "UPDATE annotation_assignment SET heartbeat_at = %s, expires_at = %s "
-    "WHERE rater_id = %s AND campaign_id = %s AND status = %s AND expires_at > %s"
+    "WHERE id = %s AND status = %s AND expires_at > %s"
 )
 
 
 def assignment_heartbeat(*, rater, token: str, campaign_id: int | None = None) -> datetime:
-    """Keep the rater's leases in this campaign alive; returns the new expiry.
+    """Keep the rater's leases in this campaign alive; returns this lease's new expiry.
 
-    ``campaign_id``, when given (the rater's API token names it), must be the lease's.
+    Each live lease moves ``lease_seconds`` ahead, but no further than ``LEASE_MAX_AGE_S`` after
+    it was granted. ``campaign_id``, when given (the rater's API token names it), must be the
+    lease's.
     """
+    max_age = settings.LEASE_MAX_AGE_S
     if db_functions():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT * FROM annotation_heartbeat(%s, %s, %s, %s)",
-                           [db_uuid(token), rater.pk, campaign_id, timezone.now()])
+            cursor.execute("SELECT * FROM annotation_heartbeat(%s, %s, %s, %s, %s)",
+                           [db_uuid(token), rater.pk, campaign_id, timezone.now(), max_age])
             row = fetch_row(cursor)
         _heartbeat_refusal(rater, row, campaign_id)
         return row["expires"]
@@ -499,10 +583,20 @@ def assignment_heartbeat(*, rater, token: str, campaign_id: int | None = None) -
             row["lease_expired"] = db_datetime(row["expires_at"]) <= timezone.now()
         _heartbeat_refusal(rater, row, campaign_id)
         now = timezone.now()
-        expires = now + timedelta(seconds=row["lease_seconds"])
         now_db = db_now(now)
-        cursor.execute(_EXTEND, [now_db, db_now(expires), rater.pk, row["campaign_id"],
-                                 AssignmentStatus.ACTIVE, now_db])
+        # Each lease's own limit: a rater holds PREFETCH leases at most, one statement each.
+        cursor.execute(_LIVE_GRANTS, [rater.pk, row["campaign_id"], AssignmentStatus.ACTIVE,
+                                      now_db])
+        expires = None
+        for lease_id, leased_at in cursor.fetchall():
+            until = rules.lease_expiry(now=now, leased_at=db_datetime(leased_at),
+                                       lease_seconds=row["lease_seconds"], max_age_s=max_age)
+            cursor.execute(_EXTEND, [now_db, db_now(until), lease_id, AssignmentStatus.ACTIVE,
+                                     now_db])
+            if lease_id == row["lease_id"]:
+                expires = until
+    if expires is None:  # it ran out between the two reads
+        raise refusal("lease_expired")
     return expires
 
 

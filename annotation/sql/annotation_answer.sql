@@ -7,7 +7,8 @@
 -- already saw as expired is refused; count the answer on the item, insert the judgment as
 -- given, mark the lease answered, count it on the rater (p_passed, p_failed; p_block sets the
 -- block flag) and, when p_probes is given, top the rater's leases up to p_target in a
--- subtransaction of its own (its failure never costs the answer).
+-- subtransaction of its own (its failure never costs the answer), each new lease good for
+-- lease_seconds but no more than p_max_age seconds.
 --
 -- result: 'stored'; 'stored_before' (judgment_id: this key's judgment on this lease);
 -- 'not_live' (lease_status, lease_expired and campaign_status, read after the lock, say
@@ -16,7 +17,8 @@ CREATE OR REPLACE FUNCTION annotation_answer(
     p_token uuid, p_rater bigint, p_key uuid, p_choice text, p_outcome text,
     p_strength integer, p_reasons jsonb, p_scores jsonb, p_qc jsonb, p_passed integer,
     p_failed integer, p_block boolean, p_decision_ms integer, p_viewing_ms integer,
-    p_playback jsonb, p_now timestamptz, p_target integer, p_probes text[])
+    p_playback jsonb, p_now timestamptz, p_target integer, p_probes text[],
+    p_max_age integer)
 RETURNS TABLE (result text, judgment_id bigint, lease_status text, lease_expired boolean,
                campaign_status text, n_judgments integer, probes_failed integer,
                blocked boolean, leases jsonb)
@@ -101,7 +103,8 @@ BEGIN
               INTO leases
               FROM annotation_top_up(a.campaign_id, p_rater, a.overlap, a.active_order,
                                      p_target, a.per_rater_limit - e.n_judgments, p_now,
-                                     p_now + make_interval(secs => a.lease_seconds),
+                                     p_now + make_interval(
+                                         secs => least(a.lease_seconds, p_max_age)),
                                      p_probes) t;
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'topping up rater % after judgment % failed: %', p_rater, v_id,

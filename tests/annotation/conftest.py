@@ -71,6 +71,17 @@ def enrol(campaign: Campaign, n: int = 1) -> list:
     return [invite_accept(token=invite.token).rater for _ in range(n)]
 
 
+@pytest.fixture(autouse=True)
+def _throttle_counts(settings) -> None:
+    """Each test counts in a cache of its own (local memory, as by default): the invite
+    throttle's counts of one test, or of the suite's many raters joining from 127.0.0.1, never
+    reach another."""
+    import uuid
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": f"test-{uuid.uuid4().hex}"}}
+
+
 @pytest.fixture
 def corpus(db) -> Dataset:
     return make_corpus()

@@ -28,11 +28,12 @@ DEADLINE_S = 90  # every rater stops by then, whatever happens
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("door", ["session", "rater-token"])
-def test_fifty_raters_with_abandons_and_retries(door, request, fast_path_calls):
+def test_fifty_raters_with_abandons_and_retries(door, request, fast_path_calls, settings):
     """``session``: the raters sign in with the session cookie and the CSRF token, and Django
     answers (the REST views); ``rater-token``: as the rate page, with its token, against the
     project's WSGI application, where the fast path answers."""
     require_real_services()
+    settings.INVITE_MAX_ACCOUNTS_PER_ADDRESS = RATERS  # every rater joins from 127.0.0.1
     base_url = (request.getfixturevalue("live_server").url if door == "session"
                 else request.getfixturevalue("project_server"))
 

@@ -326,3 +326,53 @@ def test_the_rater_page_fits_a_phone(live_server, campaign, browser):
     _speaker_evidence(judgment)
     assert page_errors == []
     context.close()
+
+
+def test_a_rater_whose_items_are_all_held_elsewhere_is_asked_to_wait_then_served(
+        project_server, browser):
+    """Every item left is on another rater's screen: the page says so and shows no completion
+    code, then, asking again by itself, shows the item that came back."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from annotation.models import Assignment
+    from annotation.services.scheduling import assignments_next
+    from tests.annotation.conftest import enrol, make_campaign
+
+    # given: three items, one answer each, all held by two other raters (their leases kept
+    # alive for the test's length); leases of 3 s, so the page asks again every 3 s
+    campaign = make_campaign(make_corpus(episodes=1, seed=CORPUS_SEED), slug="held",
+                             overlap=1, lease_seconds=3)
+    holders = enrol(campaign, 2)
+    for holder in holders:
+        assert assignments_next(rater=holder, campaign_slug=campaign.slug).assignments
+    Assignment.objects.filter(rater__in=holders).update(
+        expires_at=timezone.now() + timedelta(hours=1))
+    invite = invite_create(campaign=campaign)
+    context = browser.new_context(viewport=LAPTOP)
+    page, page_errors = _open(context)
+
+    # when: an honest rater joins
+    page.goto(project_server + reverse("annotation:invite", args=[invite.token]))
+    page.click("#start")
+    page.wait_for_url("**" + reverse("annotation:rate", args=[campaign.slug]))
+
+    # then: it is asked to wait, with no completion code and no item
+    expect(page.locator("#done-title")).to_have_text("Please wait a moment")
+    expect(page.locator("#done-text")).to_contain_text("being rated by someone else")
+    expect(page.locator("#completion")).to_be_hidden()
+    expect(page.locator("#completion-link")).to_be_hidden()
+    expect(page.locator("#stage")).to_be_hidden()
+    assert Enrollment.objects.exclude(rater__in=holders).get(
+        campaign=campaign).finished_at is None
+
+    # when: one holder's lease runs out
+    Assignment.objects.filter(rater=holders[1]).update(expires_at=timezone.now())
+
+    # then: the page, asking again by itself, shows that item
+    expect(page.locator("#stage")).to_be_visible(timeout=30_000)
+    expect(page.locator("#done")).to_be_hidden()
+    expect(page.locator("#candidates video")).to_have_count(2)
+    assert page_errors == []
+    context.close()

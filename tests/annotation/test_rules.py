@@ -281,3 +281,47 @@ def test_a_switched_off_account_is_refused_rather_than_told_a_state():
         serving_state(rater_active=False, needs_consent=False, consented=False, blocked=False,
                       excluded=False, campaign_status="active")
     assert exc.value.code == "account_disabled"
+
+
+def test_a_lease_lives_lease_seconds_from_its_last_heartbeat_but_no_longer_than_its_maximum_age():
+    from datetime import UTC, datetime, timedelta
+
+    granted = datetime(2026, 1, 1, tzinfo=UTC)
+    expiry = [rules.lease_expiry(now=granted + timedelta(seconds=s), leased_at=granted,
+                                 lease_seconds=90, max_age_s=600) for s in (0, 400, 590, 700)]
+    assert [(e - granted).total_seconds() for e in expiry] == [90, 490, 600, 600]
+
+
+@pytest.mark.parametrize("lapses, ago, left", [
+    (3, 10, 0),  # under the limit
+    (4, 10, 590),  # at it: ten minutes after the latest lapse
+    (9, 10, 590),
+    (4, 600, 0),  # the cool-down has passed
+    (4, 0.5, 600),  # whole seconds, rounded up
+])
+def test_cool_down_after_repeated_lapses(lapses, ago, left):
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert rules.cool_down_left(lapses=lapses, lapsed_at=now - timedelta(seconds=ago), now=now,
+                                limit=4, cool_down_s=600) == left
+    # a limit of 0 switches it off
+    assert rules.cool_down_left(lapses=lapses, lapsed_at=now, now=now, limit=0,
+                                cool_down_s=600) == 0
+
+
+@pytest.mark.parametrize("quota_left, open_items, cool_down, state", [
+    (0, True, 0, "finished"),  # the quota is answered
+    (5, False, 0, "finished"),  # nothing left that the rater has not answered
+    (5, False, 300, "finished"),
+    (5, True, 0, "waiting"),  # items left, all held by others
+    (5, True, 300, "cool_down"),
+])
+def test_why_a_served_rater_holds_nothing(quota_left, open_items, cool_down, state):
+    assert rules.idle_state(quota_left=quota_left, open_items=open_items,
+                            cool_down_s=cool_down) == state
+
+
+def test_the_completion_code_needs_an_answer():
+    assert not rules.completion_earned(answered=0)
+    assert rules.completion_earned(answered=1)

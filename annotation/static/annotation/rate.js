@@ -20,6 +20,7 @@
   let choice = null; // pairwise choice waiting for a strength
   let busy = false;
   let heartbeatTimer = null;
+  let retryTimer = null; // asks for items again while they are held by others
 
   async function post(url, body) {
     const res = await fetch(url, {
@@ -460,16 +461,23 @@
     updateProgress(data.done, data.quota);
     if (data.warning) banner(data.warning, "warn");
     if (data.state !== "rating") {
-      const texts = {
-        finished: ["Thank you!", "You have answered every item we have for you."],
-        blocked: ["Thank you", "We have enough answers from you for this study."],
-        paused: ["Paused", "This study is paused. Please come back later."],
-        consent: ["Consent needed", "Please open your invite link again to agree to the terms."],
+      // The server says why there is no item (detail). Waiting (the items left are held by
+      // other raters for now) and a cool-down are not the end: the page asks again by itself
+      // and shows no completion code.
+      const titles = {
+        finished: "Thank you!", blocked: "Thank you", paused: "Paused",
+        consent: "Consent needed", waiting: "Please wait a moment", cool_down: "Please come back later",
       };
-      const [title, text] = texts[data.state] || ["Done", ""];
-      finish(title, text, data.completion_code, data.completion_url);
+      const title = titles[data.state] || "Done";
+      if (data.state === "waiting" || data.state === "cool_down") {
+        hold(title, data.detail || "", data.retry_after);
+        return;
+      }
+      finish(title, data.detail || "", data.completion_code, data.completion_url);
       return;
     }
+    $("#stage").hidden = false;
+    $("#done").hidden = true;
     const [first, second] = data.assignments;
     let view = null;
     if (upcoming && upcoming.data.id === first.id) view = upcoming.view;
@@ -512,13 +520,33 @@
     bar.setAttribute("aria-valuemax", quota);
   }
 
-  function finish(title, text, code, url) {
+  function showMessage(title, text) {
     if (heartbeatTimer) clearInterval(heartbeatTimer);
+    if (retryTimer) clearTimeout(retryTimer);
+    retryTimer = null;
     current = null;
     $("#stage").hidden = true;
     $("#done").hidden = false;
     $("#done-title").textContent = title;
     $("#done-text").textContent = text;
+    $("#completion").hidden = true;
+    $("#completion-link").hidden = true;
+  }
+
+  // No item for now: say why, and ask again after the seconds the server gave.
+  function hold(title, text, seconds) {
+    showMessage(title, text);
+    const again = async () => {
+      if (busy) { retryTimer = setTimeout(again, 1000); return; }
+      retryTimer = null;
+      busy = true;
+      try { await loadNext(); } finally { busy = false; }
+    };
+    retryTimer = setTimeout(again, Math.max(2, seconds || 60) * 1000);
+  }
+
+  function finish(title, text, code, url) {
+    showMessage(title, text);
     if (code) { $("#completion").hidden = false; $("#completion-code").textContent = code; }
     if (url) {
       $("#completion-link").hidden = false;
