@@ -35,6 +35,8 @@ def environment(media_root: str) -> dict[str, str]:
         "CELERY_BROKER_URL": os.environ.get("BENCH_CELERY_BROKER_URL",
                                             "redis://127.0.0.1:6379/15"),
         "LOG_LEVEL": "WARNING",
+        # every simulated rater joins through one link from this machine
+        "INVITE_MAX_ACCOUNTS_PER_ADDRESS": "0", "INVITE_MAX_ACCOUNTS_PER_LINK_PER_WINDOW": "0",
         "DJANGO_SETTINGS_MODULE": "benchmarks.rating_settings",
     }
     os.environ.update(env)
@@ -42,7 +44,7 @@ def environment(media_root: str) -> dict[str, str]:
     return env
 
 
-def build_campaign(*, episodes: int, items: int, seed: int) -> dict:
+def build_campaign(*, episodes: int, items: int, seed: int, overlap: int = 3) -> dict:
     """A synthetic corpus and one active pairwise campaign over it; returns its sizes."""
     import numpy as np
 
@@ -78,7 +80,7 @@ def build_campaign(*, episodes: int, items: int, seed: int) -> dict:
     sources = [{"kind": "ground_truth"}] + [{"kind": "baseline", "name": n} for n in BASELINES]
     build = campaign_create(
         name="Benchmark", slug=SLUG, dataset=dataset, sources=sources, episodes=eps,
-        overlap=3, target_items=items, per_rater_limit=1_000_000, lease_seconds=90,
+        overlap=overlap, target_items=items, per_rater_limit=1_000_000, lease_seconds=90,
         gold_rate=0.1, catch_rate=0.05, repeat_rate=0.05, seed=seed,
         consent_text="I agree to take part in this benchmark.",
         # Load-generator raters answer at random: they would fail probes and be blocked.
