@@ -82,6 +82,26 @@ def _throttle_counts(settings) -> None:
                                    "LOCATION": f"test-{uuid.uuid4().hex}"}}
 
 
+@pytest.fixture(params=["local-memory", "redis"])
+def cache_kind(request, settings):
+    """Runs a test with each cache the project runs with: local memory (the default) and Redis
+    (production's), each test with keys of its own."""
+    import os
+    import uuid
+
+    if request.param == "redis":
+        url = os.environ.get("CELERY_BROKER_URL", "")
+        if not url.startswith("redis://"):
+            pytest.fail("the Redis cache test needs Redis: use ./scripts/test")
+        settings.CACHES = {"default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
+            "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
+    else:
+        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                       "LOCATION": f"test-{uuid.uuid4().hex}"}}
+    return request.param
+
+
 @pytest.fixture
 def corpus(db) -> Dataset:
     return make_corpus()

@@ -5,9 +5,6 @@ makes no account and is never refused."""
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
@@ -21,22 +18,14 @@ from tests.annotation.conftest import make_campaign
 WINDOW_S = 3600
 
 
-@pytest.fixture(params=["local-memory", "redis"])
-def throttle_cache(request, settings):
-    """The counts in each cache the project runs with: local memory (the default) and Redis
-    (production's), each test with keys of its own; small limits."""
-    if request.param == "redis":
-        url = os.environ.get("CELERY_BROKER_URL", "")
-        if not url.startswith("redis://"):
-            pytest.fail("the Redis cache test needs Redis: use ./scripts/test")
-        settings.CACHES = {"default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
-            "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
+@pytest.fixture
+def throttle_cache(cache_kind, settings):
+    """The throttle's counts in each cache (``cache_kind``), with this file's limits."""
     settings.INVITE_MAX_ACCOUNTS_PER_ADDRESS = 3
     settings.INVITE_MAX_ACCOUNTS_PER_LINK_PER_WINDOW = 5
     settings.INVITE_WINDOW_S = WINDOW_S
     settings.SIGN_IN_PROXIES = 0
-    return request.param
+    return cache_kind
 
 
 @pytest.fixture

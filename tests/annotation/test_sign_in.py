@@ -3,9 +3,6 @@ throttle on failed sign-ins that this form and the admin's share."""
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
@@ -16,25 +13,14 @@ from annotation.services import sign_in
 PASSWORD = "pw-res-1234"  # the ``researcher`` fixture's
 
 
-@pytest.fixture(params=["local-memory", "redis"])
-def throttle_cache(request, settings):
-    """The throttle's counts in each cache the project runs with: local memory (the default)
-    and Redis (production's), each test with keys of its own."""
-    if request.param == "redis":
-        url = os.environ.get("CELERY_BROKER_URL", "")
-        if not url.startswith("redis://"):
-            pytest.fail("the Redis cache test needs Redis: use ./scripts/test")
-        settings.CACHES = {"default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
-            "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
-    else:
-        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-                                       "LOCATION": f"test-{uuid.uuid4().hex}"}}
+@pytest.fixture
+def throttle_cache(cache_kind, settings):
+    """The throttle's counts in each cache (``cache_kind``), with this file's limits."""
     settings.SIGN_IN_MAX_FAILURES = 5
     settings.SIGN_IN_MAX_FAILURES_PER_ADDRESS = 20
     settings.SIGN_IN_WINDOW_S = 900
     settings.SIGN_IN_PROXIES = 0
-    return request.param
+    return cache_kind
 
 
 @pytest.fixture
