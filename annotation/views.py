@@ -60,9 +60,9 @@ from annotation.services.enrollment import (
 from annotation.services.scheduling import LeaseError, enrollment_for
 from annotation.services.sign_in import client_address, sign_in_wait
 from policy.plots import bar_plot_svg, line_plot_svg
-from rendering.blinding import Padding, exposure_key, shared_size
+from rendering.blinding import Padding, exposure_key, shared_size, video_padding
 from rendering.models import ClipStatus
-from rendering.selectors import clip_stored_size
+from rendering.selectors import clip_stored_size, clip_video_plan
 from rendering.views import clip_file_response
 
 CROWD_EXTRA = ("STUDY_ID", "SESSION_ID")
@@ -210,9 +210,11 @@ def media(request: HttpRequest, token: str, name: str) -> HttpResponse:
         raise Http404("no such clip")
     clip, shown_with = found
     # This exposure's own copy, as large as every file of its item (rendering.blinding).
-    size = shared_size([clip_stored_size(c, part) for c in shown_with], part)
     key = exposure_key(settings.SECRET_KEY, assignment_token, position, part)
-    return clip_file_response(request, clip, part, Padding(size=size, key=key))
+    stored = [clip_stored_size(c, part) for c in shown_with]
+    padding = (video_padding([clip_video_plan(c) for c in shown_with], stored, key)
+               if part == "video" else Padding(size=shared_size(stored, part), key=key))
+    return clip_file_response(request, clip, part, padding)
 
 
 # -- researchers ------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ So a rater's copy of a file is the stored file plus one padding element whose by
 to that exposure (the lease, the screen position, the part), and whose length brings the file
 to a size shared by every clip of the item:
 
-- MP4: the ``mdat`` box grows by the padding (bytes no sample refers to; the stored files are
+- MP4: a rendered clip is remuxed to constant-size samples (``rendering.mp4_samples``), so
+  its sample table says nothing either, and its ``mdat`` ends with the padding. Any other MP4:
+  the ``mdat`` box grows by the padding (bytes no sample refers to; the stored files are
   written with ``+faststart``, so ``mdat`` is the last box and no offset moves), which also
   gives every file of the item the same ``mdat`` size; a file whose last box is not ``mdat``
   gets a trailing ``free`` box instead;
@@ -30,6 +32,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from rendering.mp4_samples import Plan, filler, plan, remuxed_moov, shared_sample_size
+
 QUANTUM = 16 * 1024  # served sizes are multiples of this
 NONCE = 32  # at least this many keyed bytes in every padding element
 _MP4_HEAD = 8  # box size (4) + type (4)
@@ -41,10 +45,12 @@ OVERHEAD = {"video": _MP4_HEAD + NONCE, "poster": _PNG_CHUNK + NONCE}
 
 @dataclass(frozen=True)
 class Padding:
-    """How one exposure's copy of a file is made: its total size and the key of its bytes."""
+    """How one exposure's copy of a file is made: its total size, the key of its bytes and,
+    for a video served with constant-size samples, that size (``rendering.mp4_samples``)."""
 
     size: int
     key: bytes
+    sample_size: int | None = None
 
 
 def exposure_key(secret: str, *parts: object) -> bytes:
@@ -58,6 +64,16 @@ def shared_size(sizes: Iterable[int], part: str) -> int:
     largest, rounded up to ``QUANTUM``."""
     need = max(sizes) + OVERHEAD[part]
     return -(-need // QUANTUM) * QUANTUM
+
+
+def video_padding(plans: list[Plan | None], stored: list[int], key: bytes) -> Padding:
+    """The padding of a video shown with others: constant-size samples when every clip of the
+    item can be remuxed (``plans``), else the shared size of the stored files."""
+    if plans and all(p is not None for p in plans):
+        sample = shared_sample_size(plans)  # type: ignore[arg-type]
+        need = max(p.served_base(sample) for p in plans) + NONCE  # type: ignore[union-attr]
+        return Padding(size=-(-need // QUANTUM) * QUANTUM, key=key, sample_size=sample)
+    return Padding(size=shared_size(stored, "video"), key=key)
 
 
 def keyed_bytes(key: bytes, n: int) -> bytes:
@@ -111,6 +127,10 @@ def segments(part: str, fh: BinaryIO, stored: int, padding: Padding | None) -> l
     extra = padding.size - stored
     if extra < OVERHEAD[part]:
         raise ValueError(f"a {part} of {stored} bytes cannot be served in {padding.size}")
+    if part == "video" and padding.sample_size:
+        remuxed = _remuxed(fh, stored, padding)
+        if remuxed is not None:
+            return remuxed
     if part == "video":
         last = _last_box(fh, stored)
         if last is not None and last[1] == b"mdat":
@@ -132,6 +152,25 @@ def segments(part: str, fh: BinaryIO, stored: int, padding: Padding | None) -> l
         return [Segment(0, stored - len(_PNG_IEND)), Segment(data=chunk),
                 Segment(stored - len(_PNG_IEND), len(_PNG_IEND))]
     return [Segment(0, stored), Segment(data=chunk)]  # not ending in IEND: after the end
+
+
+def _remuxed(fh: BinaryIO, stored: int, padding: Padding) -> list[Segment] | None:
+    """Pieces of the copy with constant-size samples, or None when this file cannot be
+    remuxed to ``padding`` (then it is padded as stored)."""
+    p = plan(fh, stored)
+    size = padding.sample_size or 0
+    if p is None or p.largest + 6 > size:
+        return None
+    data_at = p.ftyp_end + len(remuxed_moov(p, size, 0)) + 8
+    pad = padding.size - data_at - size * len(p.sizes)
+    if pad < NONCE:
+        return None
+    pieces = [Segment(0, p.ftyp_end), Segment(data=remuxed_moov(p, size, data_at)),
+              Segment(data=struct.pack(">I4s", 8 + size * len(p.sizes) + pad, b"mdat"))]
+    for at, n in zip(p.offsets, p.sizes, strict=True):
+        pieces += [Segment(at, n), Segment(data=filler(size - n))]
+    pieces.append(Segment(data=keyed_bytes(padding.key, pad)))
+    return pieces
 
 
 def read_range(fh: BinaryIO, pieces: list[Segment], start: int, length: int,

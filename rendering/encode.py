@@ -125,7 +125,12 @@ class VideoWriter:
                 # Frames arrive with regular time stamps at ``rate`` (raw input, or decoded
                 # through the fps filter), so the stream is constant-rate; ``-r`` pins it.
                 "-pix_fmt", "yuv420p", "-r", rate,
-                "-g", str(keyint), "-threads", str(int(threads))]
+                "-g", str(keyint), "-threads", str(int(threads)),
+                # No encoder decision that follows the content reaches the container: no
+                # B-frames (no composition offsets) and key frames only every ``keyint`` (no
+                # scene cuts), so two clips of the same length have the same sample tables
+                # but for the sizes, which serving equalises (rendering.blinding).
+                "-bf", "0", "-sc_threshold", "0"]
         if audio_map:
             # Pad short audio with silence and stop at the end of the video: exactly, when the
             # caller knows the length (-shortest overshoots by the muxer's queue).

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 
 from django.core.files.storage import default_storage
 
 from rendering.blobs import blob_name
 from rendering.models import Clip, ClipStatus
+from rendering.mp4_samples import Plan, plan
 
 
 def clip_get_servable(*, public_id: uuid.UUID | str) -> Clip | None:
@@ -28,3 +30,19 @@ def clip_stored_size(clip: Clip, part: str) -> int:
         return int(default_storage.size(blob_name(sha, ext)))
     except (FileNotFoundError, OSError):
         return 0
+
+
+@lru_cache(maxsize=1024)
+def _video_plan(sha: str) -> Plan | None:
+    name = blob_name(sha, "mp4")
+    try:
+        with default_storage.open(name, "rb") as fh:
+            return plan(fh, default_storage.size(name))
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def clip_video_plan(clip: Clip) -> Plan | None:
+    """How a finished clip's video is remuxed to constant-size samples (None: it is not);
+    kept per content hash, as stored files never change."""
+    return _video_plan(clip.mp4_sha) if clip.mp4_sha else None

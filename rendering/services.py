@@ -37,7 +37,7 @@ from rendering.rigs import CoefficientError, RigError, get_rig, sanitize_coeffic
 
 logger = logging.getLogger(__name__)
 
-HASH_SCHEME = 1  # bump when the meaning of the hashed fields changes
+HASH_SCHEME = 2  # bump when the meaning of the hashed fields changes (2: fixed GOP, no B)
 VIDEO_EXTENSIONS = ("mp4", "webm", "mov", "avi", "mkv")
 _PROGRESS_STEP = 5.0  # percent between progress writes
 _HEARTBEAT_S = 10.0  # at most this long between writes while frames are rendered (a heartbeat:

@@ -17,8 +17,10 @@ from rendering.blinding import (
     read_range,
     segments,
     shared_size,
+    video_padding,
 )
 from rendering.encode import VideoWriter, decode_frames, png_bytes
+from rendering.mp4_samples import plan
 
 
 def encode(path, frames: np.ndarray, fps: float = 10.0) -> bytes:
@@ -119,3 +121,34 @@ def test_a_file_not_ending_in_mdat_gets_a_free_box_and_a_short_size_is_refused()
     assert boxes(copy) == [(b"ftyp", 16), (b"moov", 8), (b"free", size - len(data))]
     with pytest.raises(ValueError, match="cannot be served"):
         segments("video", io.BytesIO(data), len(data), Padding(len(data) + 3, b"k"))
+
+
+def test_rendered_clips_are_served_with_the_same_sample_table_and_play_the_same(tmp_path):
+    # given: two encodes of one length whose frames cost very different numbers of bytes
+    quiet = encode(tmp_path / "q.mp4", frames(0, n=20) // 16)
+    lively = encode(tmp_path / "l.mp4", frames(1, n=20))
+    plans = [plan(io.BytesIO(d), len(d)) for d in (quiet, lively)]
+    assert all(p is not None for p in plans) and plans[0].sizes != plans[1].sizes
+    # when: each is served in an exposure of the item they make together
+    copies = []
+    for i, data in enumerate((quiet, lively)):
+        padding = video_padding(plans, [len(quiet), len(lively)],
+                                exposure_key("s", "lease", i, "video"))
+        copies.append(served("video", data, padding))
+    # then: same size, same layout, and one sample size in both tables ...
+    assert len(copies[0]) == len(copies[1]) and len(copies[0]) % QUANTUM == 0
+    assert [k for k, _ in boxes(copies[0])] == [k for k, _ in boxes(copies[1])]
+    tables = [stsz(c) for c in copies]
+    assert tables[0] == tables[1] and tables[0][1] == 20 and tables[0][0] > 0
+    assert copies[0] != copies[1]
+    # ... and a decoder reads from each copy the frames of its stored file
+    for name, copy in (("q", copies[0]), ("l", copies[1])):
+        (tmp_path / f"{name}-copy.mp4").write_bytes(copy)
+        assert np.array_equal(decoded(tmp_path / f"{name}.mp4"),
+                              decoded(tmp_path / f"{name}-copy.mp4"))
+
+
+def stsz(data: bytes) -> tuple[int, int]:
+    """(fixed sample size, sample count) of the first sample table in an MP4."""
+    at = data.find(b"stsz")
+    return struct.unpack(">II", data[at + 8:at + 16])
