@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 
@@ -12,7 +13,7 @@ from django.views.decorators.http import require_http_methods
 
 from rendering.blinding import OVERHEAD, Padding, read_range, segments, shared_size
 from rendering.blobs import blob_name
-from rendering.selectors import clip_get_servable
+from rendering.selectors import clip_get_servable, plain_poster
 from rendering.signing import ClipTokenError, clip_token_read
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,13 @@ def clip_file_response(request: HttpRequest, clip, part: str,
     ext, content_type, filename = _TYPES[part]
     sha = clip.mp4_sha if part == "video" else clip.poster_sha
     name = blob_name(sha, ext)
+    plain = plain_poster(sha) if padding is not None and part == "poster" else None
     try:
-        stored = default_storage.size(name)
-        fh = default_storage.open(name, "rb")
+        if plain is not None:  # an exposure's poster: one whose bytes follow its size only
+            stored, fh = len(plain), io.BytesIO(plain)
+        else:
+            stored = default_storage.size(name)
+            fh = default_storage.open(name, "rb")
     except (FileNotFoundError, OSError):
         raise Http404("no such clip") from None
     if padding is not None and padding.size - stored < OVERHEAD[part]:

@@ -107,6 +107,16 @@ def mp4_features(data: bytes, names=FEATURES) -> list[float]:
     return [fields.get(k, 0.0) for k in names]
 
 
+def png_data_bytes(data: bytes) -> int:
+    """The length of a PNG's compressed image data (its IDAT chunks)."""
+    at, total = 8, 0
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        total += length if kind == b"IDAT" else 0
+        at += 12 + length
+    return total
+
+
 def side_accuracy(pairs: list[tuple[list[float], list[float], int]]) -> float:
     """Train on half the items, test on the rest: a decision stump on the difference of one
     feature between the sides says which side holds the jittery source (1: side b); equal
@@ -201,6 +211,8 @@ def test_a_classifier_on_the_served_files_tells_sources_apart_no_better_than_cha
             sides.setdefault(s["assignment"].pk, []).append(s)
     for pair in sides.values():
         assert len({(s["length"], len(s["video"]), len(s["poster"])) for s in pair}) == 1
+        # and the posters' image data is the same length (it follows the size of the image)
+        assert len({png_data_bytes(s["poster"]) for s in pair}) == 1
     # and a classifier on sizes and container fields cannot tell which side is which
     stored_pairs, served_pairs = side_pairs(served)
     assert len(served_pairs) >= 20
