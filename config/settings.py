@@ -79,12 +79,21 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
+# A kept connection is checked (one round trip) before the first query of each request that
+# reuses it: after the database restarts, every idle thread's connection is dead, and without
+# the check each such thread answered its next request with a 500 (seconds after the database
+# was back, measured by benchmarks/faults).
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 if env.bool("DB_POOL", default=False) and DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # A pool (psycopg_pool) instead of one kept connection per thread: for a server that runs
     # many requests at once in one process (gunicorn's gevent worker, as the rating benchmark
     # runs it; docs/annotation.md, Performance).
+    from psycopg_pool import ConnectionPool
+
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": 2, "max_size": env.int("DB_POOL_SIZE", default=8), "timeout": 10}
+        "min_size": 2, "max_size": env.int("DB_POOL_SIZE", default=8), "timeout": 10,
+        # the same check as CONN_HEALTH_CHECKS, on each connection the pool hands out
+        "check": ConnectionPool.check_connection}
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # The embedded default: a web process and a worker share one file, so wait on locks.

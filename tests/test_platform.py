@@ -101,3 +101,31 @@ def test_healthz_answers_over_plain_http_even_with_ssl_redirect(client, settings
     settings.SECURE_SSL_REDIRECT = True
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/").status_code == 301
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_after_the_database_restarted_gets_a_working_connection():
+    """After a restart of PostgreSQL each web thread's kept connection is dead; the next
+    request on that thread must not fail with it (it answered a 500 before the check)."""
+    from django.core import signals
+    from django.db import connection
+
+    # given: a kept connection whose server side has gone, as after a restart
+    connection.ensure_connection()
+    killed = connection.connection.info.backend_pid
+    other = connection.get_new_connection(connection.get_connection_params())
+    try:
+        other.autocommit = True
+        other.execute("SELECT pg_terminate_backend(%s)", [killed])
+    finally:
+        other.close()
+    # when: the next request begins (Django's handler and the rating fast path both send
+    # this) and reads from the database
+    signals.request_started.send(sender=None)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        row = cursor.fetchone()
+    # then: it was answered on a new connection
+    assert row == (1,)
+    assert connection.connection.info.backend_pid != killed
+    signals.request_finished.send(sender=None)

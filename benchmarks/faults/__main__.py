@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -23,20 +24,35 @@ from benchmarks.faults.traffic import Ledger, rater_loop, raters_rng
 
 PG_PORT, REDIS_PORT = 55432, 56379
 OVERLAP = 8  # raters per item: fewer episodes for the same number of answers
+# Answers per second the raters are paced at when no --duration is given: 100,000 answers in
+# 1,000 s. The stack held this pace on two shared cores through every fault, the faults' own
+# work (a render, a round's training) and the catching up after each (results/faults.json).
+DEFAULT_RATE = 100.0
+# A fault falls "while answers flow" when answers were acknowledged in the seconds before it.
+FLOW_S = 5.0
+QUICK_DURATION_S = 300.0
+# Regular items per answer sent, over the overlap: room for the answers sent after the target
+# while the last fault is recovered from (a quick run's slices are short next to a round).
+ITEM_MARGIN, QUICK_ITEM_MARGIN = 1.3, 2.5
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults",
                                      description=faults.__doc__.splitlines()[0])
     parser.add_argument("--submissions", type=int, default=100_000,
-                        help="answers to send (the run goes on until every fault is over)")
+                        help="answers to send (the run goes on until they are sent and every "
+                             "fault is over)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds the load lasts: the raters are paced to send the answers "
+                             f"in it, each fault is due in its own fifth of it (default: "
+                             f"submissions / {DEFAULT_RATE:.0f}, at least {QUICK_DURATION_S:.0f};"
+                             f" --quick: {QUICK_DURATION_S:.0f})")
     parser.add_argument("--raters", type=int, default=200)
     parser.add_argument("--drop", type=float, default=0.1,
                         help="share of answers whose reply is dropped and the answer resent")
-    parser.add_argument("--think", type=float, default=0.0,
-                        help="seconds a rater waits before each answer (0: as fast as served)")
-    parser.add_argument("--max-s", type=float, default=1500,
-                        help="the load stops after this many seconds whatever happened")
+    parser.add_argument("--max-s", type=float, default=None,
+                        help="the load stops after this many seconds whatever happened "
+                             "(default: the duration + 900)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
                         help="a small run with every fault, a smoke test (faults-quick.json)")
@@ -44,6 +60,11 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.submissions = min(args.submissions, 4000)
         args.raters = min(args.raters, 50)
+    if args.duration is None:
+        args.duration = (QUICK_DURATION_S if args.quick
+                         else max(QUICK_DURATION_S, args.submissions / DEFAULT_RATE))
+    if args.max_s is None:
+        args.max_s = args.duration + 900
     return args
 
 
@@ -64,20 +85,29 @@ def _environment(tmp: Path, pg: PrivatePostgres, redis: PrivateRedis) -> dict[st
         "LP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
         # Scaled to this run's tasks (a render of seconds, steps that beat every 2 s), so that
         # the reapers act within the run; the defaults are for renders of up to 30 minutes.
-        "CLIP_SILENT_S": "20", "CLIP_REAP_EVERY_S": "5",
+        # A clip heartbeats at least every 10 s; a round's step every few seconds, but slower
+        # when the two cores are busy with the web (15 s requeued live steps under load).
+        "CLIP_SILENT_S": "15", "CLIP_REAP_EVERY_S": "5",
         "ROUND_STEP_STALE_S": "60", "ROUND_REAP_EVERY_S": "5",
-        # Every simulated rater joins from 127.0.0.1 through one link.
-        "INVITE_MAX_ACCOUNTS_PER_ADDRESS": "100000",
-        "INVITE_MAX_ACCOUNTS_PER_LINK_PER_WINDOW": "100000",
+        # The simulated raters answer at random, probes included: quality control still runs
+        # (its beat job is part of the load) but excludes no one, or they would be served
+        # nothing more within minutes.
+        "FEEDBACK_QC": json.dumps({"gold_accuracy_exclude": 0, "catch_accuracy_exclude": 0,
+                                   "reliability_exclude": 0}),
+        # Every simulated rater joins from 127.0.0.1 through one link: no throttle (0).
+        "INVITE_MAX_ACCOUNTS_PER_ADDRESS": "0",
+        "INVITE_MAX_ACCOUNTS_PER_LINK_PER_WINDOW": "0",
     }
     os.environ.update(env)
     return env
 
 
-async def _traffic(base: str, raters: list, ledger: Ledger, target: int, think: float,
+async def _traffic(base: str, raters: list, ledger: Ledger, target: int, duration: float,
                    injector: threading.Thread, max_s: float, plan: list[Fault]) -> None:
+    """Until the target is sent, the duration is over and every fault is over (or ``max_s``)."""
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(rater_loop(r, ledger, stop, base, think)) for r in raters]
+    interval = len(raters) * duration / target  # seconds between one rater's answers
+    tasks = [asyncio.create_task(rater_loop(r, ledger, stop, base, interval)) for r in raters]
     t0 = time.monotonic()
     last = -1
     while True:
@@ -91,16 +121,17 @@ async def _traffic(base: str, raters: list, ledger: Ledger, target: int, think: 
                   f"5xx {sum(1 for f in ledger.failures if f[2] >= 500):>3}  "
                   f"no reply {sum(1 for f in ledger.failures if f[2] == 0):>3}  "
                   f"faults {done}/{len(plan)}", end="", flush=True)
-        if (ledger.submissions >= target and not injector.is_alive()) or elapsed > max_s:
+        if ((ledger.submissions >= target and elapsed >= duration and not injector.is_alive())
+                or elapsed > max_s or all(t.done() for t in tasks)):
             break
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     print()
 
 
-def _inject_all(platform: Platform, plan: list[Fault], target: int, errors: list) -> None:
+def _inject_all(platform: Platform, plan: list[Fault], errors: list) -> None:
     for fault in plan:
-        while platform.ledger.submissions < fault.at_fraction * target:
+        while platform.ledger.now() < fault.due_s:
             time.sleep(0.05)
         try:
             platform.inject(fault)
@@ -183,9 +214,10 @@ def main() -> None:  # noqa: PLR0915 - one straight run
                              "PostgreSQL and Redis there (stop the earlier run first)")
     # Room for the answers sent while the last faults are still being recovered from: a short
     # run outlasts its target by the faults' own time.
-    items = math.ceil(args.submissions * (3.0 if args.quick else 1.3) / OVERLAP)
+    items = math.ceil(args.submissions * (QUICK_ITEM_MARGIN if args.quick else ITEM_MARGIN)
+                      / OVERLAP)
     episodes = max(40, math.ceil(items / 28) + 4)
-    plan = schedule(args.seed)
+    plan = schedule(args.seed, args.duration)
     tmp = Path(tempfile.mkdtemp(prefix="bench-faults-"))
     pg, redis = PrivatePostgres(tmp, PG_PORT), PrivateRedis(tmp, REDIS_PORT)
     procs = []
@@ -194,8 +226,9 @@ def main() -> None:  # noqa: PLR0915 - one straight run
         redis.start()
         env = _environment(tmp, pg, redis)
         print(f"faults: PostgreSQL on :{PG_PORT}, Redis on :{REDIS_PORT} (in {tmp}); "
-              f"{args.raters} raters, {args.submissions:,} answers, {args.drop:.0%} of replies "
-              f"dropped; faults in this order: {', '.join(f.kind for f in plan)}")
+              f"{args.raters} raters, {args.submissions:,} answers in {args.duration:.0f} s, "
+              f"{args.drop:.0%} of replies dropped; faults in this order: "
+              + ", ".join(f"{f.kind} (due {f.due_s:.0f} s)" for f in plan))
         recreate_database(pg.url)
         import django
 
@@ -236,18 +269,18 @@ def main() -> None:  # noqa: PLR0915 - one straight run
             deadline = time.monotonic() + 120
             while not app.control.ping(timeout=1.0) and time.monotonic() < deadline:
                 pass
-            ledger = Ledger(drop_share=args.drop)
+            ledger = Ledger(drop_share=args.drop)  # its clock: the load's
             platform = Platform(ledger=ledger, postgres=pg, redis=redis, worker=w,
                                 gunicorn_pid=server.proc.pid, gunicorn_workers=config.workers,
                                 round_slug=sizes["round_campaign"], seed=args.seed)
             errors: list[str] = []
             injector = threading.Thread(target=_inject_all,
-                                        args=(platform, plan, args.submissions, errors),
+                                        args=(platform, plan, errors),
                                         daemon=True)
             threading.Timer(5.0, analyze).start()  # planner statistics of a campaign at work
             injector.start()
             t_load = time.perf_counter()
-            asyncio.run(_traffic(server.base, raters, ledger, args.submissions, args.think,
+            asyncio.run(_traffic(server.base, raters, ledger, args.submissions, args.duration,
                                  injector, args.max_s, plan))
             load_s = time.perf_counter() - t_load
             injector.join(timeout=5)
@@ -264,7 +297,14 @@ def main() -> None:  # noqa: PLR0915 - one straight run
                 settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout"),
             "longest_task_time_limit_s": _longest_task_limit(),
             "clip_silent_s": settings.CLIP_SILENT_S,
+            "clip_reap_every_s": settings.CELERY_BEAT_SCHEDULE["requeue-stale-clips"]["schedule"],
             "round_step_stale_s": settings.ROUND_STEP_STALE_S,
+            "lease_max_age_s": settings.LEASE_MAX_AGE_S,
+            "feedback_qc_exclude": {k: v for k, v in settings.FEEDBACK_QC.items()
+                                    if k.endswith("_exclude")},
+            "invite_max_accounts_per_address": settings.INVITE_MAX_ACCOUNTS_PER_ADDRESS,
+            "invite_max_accounts_per_link_per_window":
+                settings.INVITE_MAX_ACCOUNTS_PER_LINK_PER_WINDOW,
         }
         connection.close()
     finally:
@@ -274,12 +314,18 @@ def main() -> None:  # noqa: PLR0915 - one straight run
         with contextlib.suppress(subprocess.CalledProcessError):  # down already
             pg.stop()
 
+    flow = "answers_acknowledged_5_s_before"
+    for f in plan:  # the answers acknowledged in the seconds before each fault
+        if f.injected_s is not None:
+            f.detail[flow] = ledger.answers_between(f.injected_s - FLOW_S, f.injected_s)
     recovered = all(f.recovered_s is not None for f in plan)
     result = {
         "benchmark": "faults",
         "machine": machine_info(database="postgresql (private cluster)", broker="redis"),
         "inputs": {**sizes, "raters": args.raters, "drop_share": args.drop,
-                   "think_s": args.think, "seed": args.seed, "quick": args.quick,
+                   "duration_s": args.duration,
+                   "paced_answers_per_s": round(args.submissions / args.duration, 1),
+                   "seed": args.seed, "quick": args.quick,
                    "server": "gunicorn gthread, 4 workers x 8 threads (the Dockerfile's)",
                    "worker": "celery -Q default,render,gpu --concurrency 2, and celery beat",
                    "grace_s": GRACE_S, "target_submissions": args.submissions},
@@ -295,6 +341,8 @@ def main() -> None:  # noqa: PLR0915 - one straight run
         "requests": ledger.requests,
         "dropped_replies": ledger.dropped_replies,
         "resent": ledger.resent,
+        "next_states": ledger.states,
+        "raters_stopped": ledger.stopped,
         "failures": failures,
         "load_s": round(load_s, 1),
         "answers_per_s": round(ledger.submissions / load_s, 1),
@@ -303,6 +351,8 @@ def main() -> None:  # noqa: PLR0915 - one straight run
                 counts["lost"] == counts["duplicated"] == counts["over_overlap"] == 0,
             "no_5xx_outside_fault_windows": not failures["http_5xx_outside_fault_windows"],
             "every_fault_recovered_without_a_person": recovered,
+            "every_fault_while_answers_flow": all(f.detail.get(flow, 0) > 0 for f in plan),
+            "no_rater_ran_out_of_items": not ledger.stopped,
             "celery_tasks_exactly_once": all(f.detail.get("exactly_once", True) for f in plan),
             "submissions_at_least_100000": ledger.submissions >= 100_000,
         },

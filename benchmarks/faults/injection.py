@@ -39,15 +39,20 @@ RESTART_DELAY_S = 1.0
 @dataclass
 class Fault:
     kind: str
-    at_fraction: float  # of the submissions, when it is due
+    due_s: float  # seconds after the load began when it is due (a Celery fault: its work begins)
+    slice_s: tuple[float, float]  # its own part of the run
     injected_s: float | None = None  # seconds since the load began
     window_end_s: float | None = None
     recovered_s: float | None = None  # from injection to the first success after it
     detail: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "injected_at_s": _r(self.injected_s),
-                "due_at_submission_fraction": round(self.at_fraction, 3),
+        return {"kind": self.kind, "due_at_s": _r(self.due_s),
+                "slice_s": [_r(self.slice_s[0]), _r(self.slice_s[1])],
+                "injected_at_s": _r(self.injected_s),
+                # after its due moment: its work's start (Celery faults), or the previous
+                # fault's recovery still going on when it fell due
+                "late_s": _r(None if self.injected_s is None else self.injected_s - self.due_s),
                 "window_s": _r(None if self.window_end_s is None or self.injected_s is None
                                else self.window_end_s - self.injected_s),
                 "recovered_s": _r(self.recovered_s),
@@ -58,15 +63,19 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
 
 
-def schedule(seed: int) -> list[Fault]:
-    """Each kind once, in a random order, each at a random moment of its own fifth of the run
-    (10 % .. 90 % of the submissions), so that no two faults overlap."""
+def schedule(seed: int, duration: float) -> list[Fault]:
+    """Each kind once, in a random order, each due at a random moment of the first half of its
+    own fifth of 5 % .. 95 % of the run's ``duration`` (seconds): the second half leaves it
+    room to recover before the next one is due, so that no two faults overlap."""
     rng = random.Random(seed)
     kinds = list(KINDS)
     rng.shuffle(kinds)
-    span = 0.8 / len(kinds)
-    return [Fault(kind, 0.1 + k * span + rng.uniform(0.0, 0.5 * span))
-            for k, kind in enumerate(kinds)]
+    lo, span = 0.05 * duration, 0.9 * duration / len(kinds)
+    out = []
+    for k, kind in enumerate(kinds):
+        a = lo + k * span
+        out.append(Fault(kind, a + rng.uniform(0.0, 0.5 * span), (a, a + span)))
+    return out
 
 
 def _wait(pred: Callable[[], object], timeout: float, every: float = 0.1):

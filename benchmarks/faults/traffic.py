@@ -4,12 +4,21 @@ same answer again, as a browser does whose connection broke before the reply cam
 whose request failed (no reply, 5xx) is sent again, with the same key, until it is
 acknowledged or refused.
 
+A rater answers at a steady pace (``interval`` seconds an answer, so that all of them together
+send the run's answers in its time), catching up after a stall. The next call's ``state`` is
+followed as the rate page follows it: ``rating`` gives items; ``waiting`` (the items left are
+held by other raters' leases) and ``cool_down`` mean ask again later (``waiting`` after a short
+pause, at most ``WAIT_PAUSE_S``; ``cool_down`` after its ``retry_after``); ``finished``,
+``paused`` and ``blocked`` end the rater's work.
+
 Every answer is written down (``Ledger``) with what became of it; every request that failed,
-with its time, so that it can be placed inside or outside a fault's window."""
+with its time, so that it can be placed inside or outside a fault's window; every state the
+next call answered, counted."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -19,6 +28,13 @@ from benchmarks.rating.load import LeanHttp, RaterSession, _answer
 
 # Seconds a client keeps sending one answer again before it gives up on it (the lease lasts 90).
 GIVE_UP_S = 120.0
+# The longest pause before asking again when told to wait (the platform's retry_after is up to
+# a minute; a page polls sooner, and items held by others come back as they are answered).
+WAIT_PAUSE_S = 3.0
+# A rater more than this far behind its pace starts afresh from now instead of catching up.
+CATCH_UP_LIMIT_S = 30.0
+# States of the next call after which the rater stops: nothing more will come.
+FINAL_STATES = ("finished", "paused", "blocked")
 
 
 @dataclass
@@ -38,7 +54,10 @@ class Ledger:
     # (seconds since t0, endpoint, status); 0: no reply (connection reset, refused, ...)
     failures: list[tuple[float, str, int]] = field(default_factory=list)
     last_ok: float = 0.0  # seconds since t0 of the latest 2xx
+    states: dict[str, int] = field(default_factory=dict)  # next call's state -> how often
+    stopped: dict[str, int] = field(default_factory=dict)  # raters stopped, by final state
     ok_times: list[float] = field(default_factory=list)  # every 2xx, for recovery times
+    ack_times: list[float] = field(default_factory=list)  # every answer acknowledged
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -52,6 +71,12 @@ class Ledger:
             self.ok_times.append(t)
         elif status == 0 or status >= 500:
             self.failures.append((round(t, 3), endpoint, status))
+
+    def answers_between(self, a: float, b: float) -> int:
+        """Answers acknowledged between ``a`` and ``b`` (seconds since t0)."""
+        import bisect
+
+        return bisect.bisect_right(self.ack_times, b) - bisect.bisect_left(self.ack_times, a)
 
     def first_ok_after(self, t: float) -> float | None:
         """The first 2xx completed after ``t`` (seconds since t0)."""
@@ -83,6 +108,14 @@ def _leases(body: dict | None) -> list[str]:
     return [a["id"] for a in body.get("assignments") or []]
 
 
+def _pause(rater: RaterSession, body: dict) -> float:
+    """Seconds to wait before asking again after a ``waiting`` or ``cool_down`` reply."""
+    after = float(body.get("retry_after") or 1)
+    if body.get("state") == "waiting":
+        after = min(after, WAIT_PAUSE_S)
+    return after * rater.rng.uniform(0.5, 1.0)
+
+
 async def submit(rater: RaterSession, ledger: Ledger, token: str) -> list[str]:
     """One answer to lease ``token``, sent until acknowledged or refused; the next leases."""
     answer = _answer(rater)
@@ -102,6 +135,7 @@ async def submit(rater: RaterSession, ledger: Ledger, token: str) -> list[str]:
             continue
         if status in (200, 201):
             ledger.acknowledged[key] = token
+            ledger.ack_times.append(ledger.now())
             return _leases((body or {}).get("next"))
         if 400 <= status < 500:
             ledger.refused[key] = status
@@ -115,28 +149,53 @@ async def submit(rater: RaterSession, ledger: Ledger, token: str) -> list[str]:
 
 
 async def rater_loop(rater: RaterSession, ledger: Ledger, stop: asyncio.Event,
-                     base: str, think: float) -> None:
+                     base: str, interval: float) -> None:
+    """One rater until ``stop``: an answer every ``interval`` seconds on average (0: as fast
+    as served)."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
     rater.http = LeanHttp(host, int(port))
     rater.queue = []
+    loop = asyncio.get_running_loop()
+    due = loop.time() + rater.rng.uniform(0, interval)  # raters start spread over one interval
     try:
         while not stop.is_set():
             if not rater.queue or rater.rng.random() < 0.1:  # a page (re)load
                 status, body = await _call(rater, ledger, "next", f"/api/rate/{SLUG}/next/",
                                            None)
-                rater.queue = _leases(body) if status == 200 else []
-                if not rater.queue:
-                    await asyncio.sleep(0.5 if status == 200 else 0.2)
+                if status != 200 or not body:
+                    rater.queue = []
+                    await asyncio.sleep(0.2)
                     continue
+                state = str(body.get("state"))
+                ledger.states[state] = ledger.states.get(state, 0) + 1
+                rater.queue = _leases(body)
+                if state in FINAL_STATES:
+                    ledger.stopped[state] = ledger.stopped.get(state, 0) + 1
+                    return
+                if not rater.queue:  # waiting, cool_down (or rating with nothing: a defect)
+                    await _sleep_or_stop(stop, _pause(rater, body))
+                    continue
+            if interval:
+                wait = due - loop.time()
+                if wait > 0:
+                    await _sleep_or_stop(stop, wait)
+                    if stop.is_set():
+                        break
+                elif wait < -CATCH_UP_LIMIT_S:
+                    due = loop.time()
+                due += interval * rater.rng.uniform(0.5, 1.5)
             token = rater.queue[0]
-            if think:
-                await asyncio.sleep(think * rater.rng.uniform(0.5, 1.5))
             if rater.rng.random() < 0.2:  # a heartbeat while the clips play
                 await _call(rater, ledger, "heartbeat",
                             f"/api/assignments/{token}/heartbeat/", None)
             rater.queue = await submit(rater, ledger, token)
     finally:
         rater.http.close()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 def raters_rng(raters: list[RaterSession], seed: int) -> None:
