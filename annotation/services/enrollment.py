@@ -10,7 +10,6 @@ one, or a signed-in user, reopens the link freely.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -21,7 +20,6 @@ from functools import lru_cache
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import signing
-from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -29,6 +27,7 @@ from django.utils import timezone
 from annotation.models import Campaign, CampaignStatus, Enrollment, Invite
 from annotation.opaque import open_ids, seal_ids
 from annotation.roles import RATER, role_add
+from annotation.services import throttle
 from annotation.services.scheduling import leases_end
 
 logger = logging.getLogger(__name__)
@@ -59,56 +58,37 @@ _THROTTLED = {
 }
 
 
-def _now() -> float:
-    return time.time()
-
-
 def _account_counters(*, invite_id: int, address: str) -> tuple[list[tuple[str, int, str]],
                                                                    float]:
     """(key, limit, what) of each count a new account is held to in the current window (a limit
     of 0 holds none), and the seconds left in the window."""
-    length = settings.INVITE_WINDOW_S
-    now = _now()
-    window = int(now // length)
+    number, left = throttle.window(settings.INVITE_WINDOW_S)
     out = []
     if address and settings.INVITE_MAX_ACCOUNTS_PER_ADDRESS > 0:
-        # Hashed: an address may be IPv6 with a zone, any length; cache keys may not.
-        digest = hashlib.sha256(address.encode()).hexdigest()[:32]
-        out.append((f"invite-accounts:address:{digest}:{window}",
+        out.append((throttle.counter_key("invite-accounts:address", address, number),
                     settings.INVITE_MAX_ACCOUNTS_PER_ADDRESS, "address"))
     if settings.INVITE_MAX_ACCOUNTS_PER_LINK_PER_WINDOW > 0:
-        out.append((f"invite-accounts:link:{invite_id}:{window}",
+        out.append((throttle.counter_key("invite-accounts:link", str(invite_id), number),
                     settings.INVITE_MAX_ACCOUNTS_PER_LINK_PER_WINDOW, "link"))
-    return out, length - now % length
+    return out, left
 
 
 def _account_counted(*, invite_id: int, address: str) -> None:
     """Count one new account against the link's and the address's limits; past either, count
-    nothing and raise ``InviteThrottled``. Each count is taken before it is compared (add, then
-    incr: atomic on Redis and within a process), so requests at the same moment cannot all pass
-    under the limit."""
+    nothing and raise ``InviteThrottled``. Each count is taken before it is compared, so
+    requests at the same moment cannot all pass under the limit."""
     counters, left = _account_counters(invite_id=invite_id, address=address)
-    timeout = settings.INVITE_WINDOW_S + 1  # a key lives one window
     taken: list[str] = []
     for key, limit, what in counters:
-        cache.add(key, 0, timeout=timeout)
-        try:
-            count = cache.incr(key)
-        except ValueError:  # evicted between the two
-            cache.set(key, 1, timeout=timeout)
-            count = 1
         taken.append(key)
-        if count > limit:
+        if throttle.count(key, settings.INVITE_WINDOW_S) > limit:
             for done in taken:  # a refused request leaves the counts as they were
-                with contextlib.suppress(ValueError):  # (evicted: nothing to give back)
-                    cache.decr(done)
+                throttle.uncount(done)
             wait = max(1, math.ceil(left))
-            minutes = max(1, math.ceil(wait / 60))
             logger.warning("invite %s refused a new account from %s: %s limit reached",
                            invite_id, address or "an unknown address", what)
-            raise InviteThrottled(
-                _THROTTLED[what].format(f"{minutes} minute{'s' if minutes > 1 else ''}"),
-                wait=wait)
+            raise InviteThrottled(_THROTTLED[what].format(throttle.wait_words(wait)),
+                                  wait=wait)
 
 
 def _crowd_username(campaign: Campaign, participant: str) -> str:

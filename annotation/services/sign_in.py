@@ -1,8 +1,7 @@
 """The sign-in throttle: failed password checks counted per username and per client address.
 
-Counts live in Django's cache (``CACHES``: Redis in production, so every web process counts
-together; local memory by default, which counts per process), one counter per username and per
-address in fixed windows of ``SIGN_IN_WINDOW_S`` seconds. Once either counter reaches its limit
+One counter per username and per address in fixed windows of ``SIGN_IN_WINDOW_S`` seconds
+(``annotation.services.throttle``). Once either counter reaches its limit
 (``SIGN_IN_MAX_FAILURES``, ``SIGN_IN_MAX_FAILURES_PER_ADDRESS``) further attempts are refused
 before any password is checked, until the window ends. A successful sign-in clears the
 username's count (not the address's: one right password from an address does not vouch for the
@@ -11,36 +10,27 @@ other names tried from it). Both sign-in forms, the site's and the admin's, go t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import time
 import unicodedata
 
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
 
+from annotation.services import throttle
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["client_address", "sign_in_failed", "sign_in_succeeded", "sign_in_wait"]
 
 
-def _now() -> float:
-    return time.time()
-
-
 def _window() -> tuple[int, float]:
-    """The current window's number and the seconds left in it."""
-    length = settings.SIGN_IN_WINDOW_S
-    now = _now()
-    return int(now // length), length - now % length
+    return throttle.window(settings.SIGN_IN_WINDOW_S)
 
 
-def _key(kind: str, value: str, window: int) -> str:
-    # Hashed: usernames may hold any character and any length, cache keys may not.
-    digest = hashlib.sha256(value.encode()).hexdigest()[:32]
-    return f"sign-in:{kind}:{digest}:{window}"
+def _key(kind: str, value: str, number: int) -> str:
+    return throttle.counter_key(f"sign-in:{kind}", value, number)
 
 
 def _username(username: str) -> str:
@@ -85,12 +75,7 @@ def sign_in_failed(*, username: str, address: str) -> None:
     """Count a failed password check for ``username`` from ``address``."""
     window, _ = _window()
     for key, _limit in _counters(username=username, address=address, window=window):
-        # add, then incr: atomic on Redis and within a process; the key lives one window.
-        cache.add(key, 0, timeout=settings.SIGN_IN_WINDOW_S + 1)
-        try:
-            cache.incr(key)
-        except ValueError:  # evicted between the two
-            cache.set(key, 1, timeout=settings.SIGN_IN_WINDOW_S + 1)
+        throttle.count(key, settings.SIGN_IN_WINDOW_S)
     # (the name is not logged: people type passwords into the wrong field)
     logger.info("failed sign-in from %s", address or "an unknown address")
 

@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation.models import Enrollment, Invite
-from annotation.services import enrollment
+from annotation.services import throttle
 from annotation.services.campaigns import invite_create
 from tests.annotation.conftest import make_campaign
 
@@ -35,7 +35,7 @@ def clock(monkeypatch):
     class Clock:
         now = 1_000_000 * WINDOW_S + 10.0  # just after a window began
 
-    monkeypatch.setattr(enrollment, "_now", lambda: Clock.now)
+    monkeypatch.setattr(throttle, "_now", lambda: Clock.now)
     return Clock
 
 

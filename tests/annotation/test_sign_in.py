@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
-from annotation.services import sign_in
+from annotation.services import throttle
 
 PASSWORD = "pw-res-1234"  # the ``researcher`` fixture's
 
@@ -30,7 +30,7 @@ def clock(monkeypatch):
     class Clock:
         now = 1_000_000 * 900.0  # the start of a window
 
-    monkeypatch.setattr(sign_in, "_now", lambda: Clock.now)
+    monkeypatch.setattr(throttle, "_now", lambda: Clock.now)
     return Clock
 
 
