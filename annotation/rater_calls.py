@@ -18,6 +18,7 @@ from annotation.services.scheduling import (
     assignment_heartbeat,
     assignments_next,
 )
+from annotation.services.throttle import wait_words
 
 Reply = tuple[int, dict]
 
@@ -51,11 +52,6 @@ DETAILS = {
 }
 
 
-def _minutes(seconds: int) -> str:
-    minutes = max(1, -(-seconds // 60))
-    return f"{minutes} minute{'s' if minutes > 1 else ''}"
-
-
 def next_body(result: NextResult) -> dict:
     """The next call's reply: the items, or why there are none (``state``, ``detail``), when
     to ask again (``retry_after``: waiting, cool_down) and, for a rater who finished after
@@ -65,7 +61,7 @@ def next_body(result: NextResult) -> dict:
     if result.state == "finished":
         detail = DETAILS["finished" if earned else "finished_unearned"]
     elif result.state == "cool_down":
-        detail = DETAILS["cool_down"].format(_minutes(result.retry_after))
+        detail = DETAILS["cool_down"].format(wait_words(result.retry_after))
     elif result.state != "rating":
         detail = DETAILS.get(result.state, "")
     return {

@@ -4,7 +4,6 @@ pages."""
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from collections.abc import Callable
 from functools import wraps
@@ -59,6 +58,7 @@ from annotation.services.enrollment import (
 )
 from annotation.services.scheduling import LeaseError, enrollment_for
 from annotation.services.sign_in import client_address, sign_in_wait
+from annotation.services.throttle import wait_words
 from policy.plots import bar_plot_svg, line_plot_svg
 from rendering.blinding import Padding, exposure_key, shared_size, video_padding
 from rendering.models import ClipStatus
@@ -83,11 +83,9 @@ def sign_in_throttled(view: Callable[..., HttpResponse]) -> Callable[..., HttpRe
             wait = sign_in_wait(username=request.POST.get("username", ""),
                                 address=client_address(request))
             if wait:
-                minutes = max(1, math.ceil(wait / 60))
                 reply = render(request, "annotation/sign_in.html", {
-                    "refused": f"Too many failed sign-ins for this account or from this "
-                               f"address. Try again in {minutes} minute"
-                               f"{'s' if minutes > 1 else ''}."}, status=429)
+                    "refused": "Too many failed sign-ins for this account or from this "
+                               f"address. Try again in {wait_words(wait)}."}, status=429)
                 reply["Retry-After"] = str(wait)
                 return reply
         return view(request, *args, **kwargs)
