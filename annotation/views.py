@@ -210,7 +210,8 @@ def media(request: HttpRequest, token: str, name: str) -> HttpResponse:
     # This exposure's own copy, as large as every file of its item (rendering.blinding).
     key = exposure_key(settings.SECRET_KEY, assignment_token, position, part)
     stored = [clip_stored_size(c, part) for c in shown_with]
-    padding = (video_padding([clip_video_plan(c) for c in shown_with], stored, key)
+    padding = (video_padding([clip_video_plan(c) for c in shown_with], stored, key,
+                             own=clip_video_plan(clip))
                if part == "video" else Padding(size=shared_size(stored, part), key=key))
     return clip_file_response(request, clip, part, padding)
 

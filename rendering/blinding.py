@@ -51,6 +51,7 @@ class Padding:
     size: int
     key: bytes
     sample_size: int | None = None
+    plan: Plan | None = None  # this file's remux plan, when the caller has it already
 
 
 def exposure_key(secret: str, *parts: object) -> bytes:
@@ -66,13 +67,16 @@ def shared_size(sizes: Iterable[int], part: str) -> int:
     return -(-need // QUANTUM) * QUANTUM
 
 
-def video_padding(plans: list[Plan | None], stored: list[int], key: bytes) -> Padding:
+def video_padding(plans: list[Plan | None], stored: list[int], key: bytes,
+                  own: Plan | None = None) -> Padding:
     """The padding of a video shown with others: constant-size samples when every clip of the
-    item can be remuxed (``plans``), else the shared size of the stored files."""
+    item can be remuxed (``plans``; ``own``: the served file's, among them), else the shared
+    size of the stored files."""
     if plans and all(p is not None for p in plans):
         sample = shared_sample_size(plans)  # type: ignore[arg-type]
         need = max(p.served_base(sample) for p in plans) + NONCE  # type: ignore[union-attr]
-        return Padding(size=-(-need // QUANTUM) * QUANTUM, key=key, sample_size=sample)
+        return Padding(size=-(-need // QUANTUM) * QUANTUM, key=key, sample_size=sample,
+                       plan=own)
     return Padding(size=shared_size(stored, "video"), key=key)
 
 
@@ -157,7 +161,7 @@ def segments(part: str, fh: BinaryIO, stored: int, padding: Padding | None) -> l
 def _remuxed(fh: BinaryIO, stored: int, padding: Padding) -> list[Segment] | None:
     """Pieces of the copy with constant-size samples, or None when this file cannot be
     remuxed to ``padding`` (then it is padded as stored)."""
-    p = plan(fh, stored)
+    p = padding.plan or plan(fh, stored)
     size = padding.sample_size or 0
     if p is None or p.largest + 6 > size:
         return None
