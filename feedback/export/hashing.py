@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from .files import _COPY_BUFFER, snapshot_files
 from .schema import ARRAYS, array_path
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """The file's sha256; ``on_bytes`` hears how many bytes each read hashed (progress)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_COPY_BUFFER):
             digest.update(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
     return digest.hexdigest()
 
 

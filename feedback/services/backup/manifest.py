@@ -172,16 +172,6 @@ def _kind_name(kind: type) -> str:
     return {dict: "an object", list: "a list", str: "a string"}.get(kind, kind.__name__)
 
 
-def file_sha256(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_BUFFER):
-            digest.update(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
-    return digest.hexdigest()
-
-
 def copy_hashed(src: Path, dest: Path,
                 on_bytes: Callable[[int], None] | None = None) -> tuple[str, int]:
     """Copy ``src`` to ``dest`` in one read, hashing what was written: (sha256, bytes). The

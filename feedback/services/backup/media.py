@@ -10,6 +10,8 @@ import uuid
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
+from feedback.export.hashing import file_sha256
+
 from .manifest import (
     MEDIA_DIR,
     BackupError,
@@ -17,7 +19,6 @@ from .manifest import (
     MediaEntry,
     ProgressFn,
     copy_hashed,
-    file_sha256,
 )
 
 logger = logging.getLogger(__name__)

@@ -17,6 +17,8 @@ from django.core.management import call_command
 from django.db import DatabaseError
 from django.utils import timezone
 
+from feedback.export.hashing import file_sha256
+
 from .database import (
     database_engine,
     database_label,
@@ -34,7 +36,6 @@ from .manifest import (
     BackupError,
     Manifest,
     ProgressFn,
-    file_sha256,
     manifest_read,
     manifest_write,
 )
