@@ -235,15 +235,20 @@ def test_admin_shows_progress_and_failures(client):
     assert client.get(f"/admin/rendering/clip/{ok.pk}/change/").status_code == 200
 
 
-@pytest.mark.slow
-@pytest.mark.django_db(transaction=True)
-def test_a_real_worker_renders_from_the_render_queue():
-    """A Celery worker on the render queue, started here, renders a clip requested here."""
+def render_worker():
+    """A Celery worker on an emptied render queue, started here: (its environment, itself)."""
     require_real_services()
     with celery_app.connection_for_write() as conn:
         conn.default_channel.queue_purge("render")
     env = worker_env(dict(os.environ), PYOPENGL_PLATFORM="osmesa")
-    worker = start_worker("render", env)
+    return env, start_worker("render", env)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_renders_from_the_render_queue():
+    """A Celery worker on the render queue, started here, renders a clip requested here."""
+    _, worker = render_worker()
     try:
         clip = clip_request(fps=30, sequence=sequence(), settings=SMALL)
         wait_until_finished(clip, worker, (ClipStatus.SUCCEEDED, ClipStatus.FAILED), timeout=120)
@@ -283,11 +288,7 @@ def test_only_clips_whose_worker_fell_silent_are_queued_again(django_capture_on_
 def test_a_render_whose_worker_is_killed_is_queued_again_and_finishes_once():
     """kill -9 of the worker mid-render: the clip's heartbeat stops, the reaper queues it again
     and a new worker renders it, without waiting for the broker's visibility timeout."""
-    require_real_services()
-    with celery_app.connection_for_write() as conn:
-        conn.default_channel.queue_purge("render")
-    env = worker_env(dict(os.environ), PYOPENGL_PLATFORM="osmesa")
-    worker = start_worker("render", env)
+    env, worker = render_worker()
     try:
         clip = clip_request(fps=30, sequence=sequence(n=900), settings=SMALL)
 
