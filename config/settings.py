@@ -188,6 +188,12 @@ FLAME_MODEL_PATH = env("FLAME_MODEL_PATH", default="")
 RENDER_GL_PLATFORM = env("RENDER_GL_PLATFORM", default="")
 # Lifetime of signed clip URLs shown to raters.
 CLIP_URL_MAX_AGE_S = env.int("CLIP_URL_MAX_AGE_S", default=900)
+# Pretrained models (vision encoders, language-model backbones) are local directories, never
+# downloaded: a bare name such as "dinov2-small" is looked up in this folder (policy/ml/hf.py).
+POLICY_MODEL_DIR = env("POLICY_MODEL_DIR", default="")
+# Per-frame speaker video features, by content hash (policy/ml/video.py FeatureStore): a local
+# cache that can be deleted. Empty: MEDIA_ROOT/features.
+POLICY_FEATURE_DIR = env("POLICY_FEATURE_DIR", default="")
 # The rating calls' database work in PostgreSQL functions (annotation/sql/, one file each; an
 # answer takes two calls, next and heartbeat one). Off: the portable statements, as on SQLite.
 RATING_DB_FUNCTIONS = env.bool("RATING_DB_FUNCTIONS", default=True)

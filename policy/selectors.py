@@ -4,6 +4,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from django.core.files.storage import default_storage
 from django.db.models import Count, QuerySet
 
 from policy.models import CandidateJob, Dataset, Episode, PolicyVersion
@@ -93,6 +94,24 @@ class EpisodeArrays:
     meta: dict
     pk: int
     reference: np.ndarray | None = None  # the rule-following listener, where the corpus keeps one
+    # The speaker video as a local file (decoded by policy.ml.video where needed, never here);
+    # None without a video, or when the storage keeps files elsewhere than on this disk.
+    video_path: str | None = None
+    face_box: tuple[int, int, int, int] | None = None  # (x, y, w, h) from meta["face_box"]
+
+
+def _video_path(ep: Episode) -> str | None:
+    if not ep.video_sha:
+        return None
+    try:
+        return default_storage.path(blobs.blob_name(ep.video_sha, ep.video_ext))
+    except NotImplementedError:  # object storage: copy it out first (episode_video_file)
+        return None
+
+
+def _face_box(ep: Episode) -> tuple[int, int, int, int] | None:
+    box = (ep.meta or {}).get("face_box")
+    return tuple(box) if isinstance(box, list | tuple) else None
 
 
 def episode_arrays(episodes: Iterable[Episode]) -> list[EpisodeArrays]:
@@ -109,6 +128,8 @@ def episode_arrays(episodes: Iterable[Episode]) -> list[EpisodeArrays]:
             meta=ep.meta,
             pk=ep.pk,
             reference=blobs.load_array(ep.reference_sha) if ep.reference_sha else None,
+            video_path=_video_path(ep),
+            face_box=_face_box(ep),
         )
         for ep in episodes
     ]

@@ -1,8 +1,11 @@
+import logging
 from datetime import timedelta
 
 from celery import shared_task
 
 from config.queues import Queue
+
+logger = logging.getLogger(__name__)
 
 IMPORT_TIME_LIMIT_S = 3 * 3600
 
@@ -64,3 +67,33 @@ def generate_candidates_task(job_id: int) -> None:
     from policy.services.candidate_jobs import candidate_job_run
 
     candidate_job_run(job_id=job_id)
+
+
+# Per-frame speaker video features for a dataset: decode + a frozen vision encoder. Re-running
+# computes only the videos whose features are not stored yet.
+VIDEO_FEATURES_TIME_LIMIT_S = 6 * 3600
+
+
+@shared_task(
+    queue=Queue.GPU,
+    acks_late=True,
+    soft_time_limit=VIDEO_FEATURES_TIME_LIMIT_S,
+    time_limit=VIDEO_FEATURES_TIME_LIMIT_S + 300,
+    ignore_result=True,
+)
+def compute_video_features_task(dataset_id: int, encoder: str) -> None:
+    from policy.models import Dataset
+    from policy.services.video_features import dataset_video_features
+
+    dataset = Dataset.objects.filter(pk=dataset_id).first()
+    if dataset is None:  # deleted since the task was queued
+        logger.info("video features: dataset %s is gone", dataset_id)
+        return
+    counts = dataset_video_features(dataset, encoder)
+    if counts["failed"]:
+        logger.error(
+            "video features of dataset %s: %d episodes failed: %s",
+            dataset_id,
+            counts["failed"],
+            "; ".join(counts["errors"][:20]),
+        )

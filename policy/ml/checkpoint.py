@@ -22,7 +22,6 @@ import torch
 from .config import ModelConfig, TrainConfig
 from .device import pick_device
 from .errors import CheckpointError, ChecksumMismatchError, TokenizerMismatchError
-from .model import VLA
 from .policy import Policy
 from .tokenizer import ActionTokenizer
 
@@ -140,7 +139,9 @@ class Checkpoint:
     def policy(self, device: str | torch.device = "cpu") -> Policy:
         cfg = self.model_config
         tok = self.tokenizer
-        model = VLA(cfg, tok.width)
+        from .backbone import build_model  # the backbone's libraries load only when needed
+
+        model = build_model(cfg, tok.width)
         try:
             model.load_state_dict(self.state["model"])
         except RuntimeError as exc:

@@ -56,6 +56,20 @@ class ModelConfig:
     use_video: bool = False  # a small conv encoder over (T, 3, H, W) frames, when present
     video_size: int = 32  # frames are resized to video_size x video_size before the encoder
     video_channels: int = 16  # channels of the first conv layer (doubled twice)
+    vision_encoder: str = ""  # a pretrained DINOv2 or SigLIP directory (policy.ml.video): frames
+    #   become its frozen features, computed once per episode; "" = the small conv net above
+    vision_sha256: str = ""  # of that directory's weights, recorded when training starts
+    vision_dim: int = 0  # width of its features (set from the directory)
+    # --- a pretrained language model as the backbone (policy.ml.backbone) ---
+    backbone: str = ""  # a local Hugging Face causal LM directory (Llama or Qwen family): a name
+    #   under POLICY_MODEL_DIR or an absolute path; "" = the small transformer above
+    backbone_sha256: str = ""  # of its weights, recorded at training: a checkpoint refuses others
+    backbone_dtype: str = "float32"  # "bfloat16" halves the memory of a frozen (LoRA) backbone
+    lora_rank: int = 0  # 0: fine-tune every backbone weight; > 0: LoRA adapters of this rank
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    grad_checkpointing: bool = False  # recompute the backbone's activations in the backward
+    text_slots: int = 4  # word-token positions before each chunk of frames (backbone only)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lookahead_s <= MAX_LOOKAHEAD_S:
@@ -69,10 +83,24 @@ class ModelConfig:
             raise ValueError("n_bins must be at least 2")
         if self.text_encoder != "hashed" and self.text_dim <= 0:
             raise ValueError("a registered text encoder needs text_dim > 0")
+        if self.backbone_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"backbone_dtype must be float32 or bfloat16, "
+                             f"got {self.backbone_dtype!r}")
+        if self.lora_rank < 0 or self.text_slots < 1:
+            raise ValueError("lora_rank must be >= 0 and text_slots >= 1")
+        if self.backbone_dtype == "bfloat16" and self.backbone and not self.lora_rank:
+            raise ValueError("a bfloat16 backbone must be frozen: set lora_rank (full "
+                             "fine-tuning keeps float32 weights under bf16 autocast)")
 
     @property
     def lookahead_frames(self) -> int:
         return int(round(self.lookahead_s * self.fps))
+
+    def without_backbone(self) -> ModelConfig:
+        """The same inputs for a small network of its own (the critic): words as hashed ids,
+        no language model."""
+        return dataclasses.replace(self, backbone="", backbone_sha256="", lora_rank=0,
+                                   backbone_dtype="float32", grad_checkpointing=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -121,7 +149,13 @@ class SampleConfig:
     #   frames, so a chunk moves coherently instead of jittering bin to bin; "frame": per frame
     couple_dims: bool = True  # correlate the draws across dimensions (the copula fitted at
     #   training, see data.fit_noise_coupling); False: independent dimensions
-    max_rows: int = 2048  # episodes x k rows per pass (bounds memory on long corpora)
+    max_rows: int | None = None  # episodes x k rows per pass (bounds memory on long corpora);
+    #   None: 2048, or 16384 for the static engine on CUDA (policy.ml.sample.rows_per_pass)
+    engine: str = "auto"  # "loop": the growing key/value cache; "static": fixed shapes, the step
+    #   replayed from a CUDA graph on CUDA (policy.ml.fastsample); "auto": static on CUDA, loop
+    #   on the CPU. Same draws: bit for bit on the CPU, up to bf16 rounding on CUDA
+
+    ENGINES = ("auto", "loop", "static")  # not a field: no annotation
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -130,6 +164,12 @@ class SampleConfig:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
         if self.noise not in ("chunk", "frame"):
             raise ValueError(f"noise must be 'chunk' or 'frame', got {self.noise!r}")
+        if self.engine not in self.ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(map(repr, self.ENGINES))}, "
+                             f"got {self.engine!r}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1 (or None for the default), "
+                             f"got {self.max_rows}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SampleConfig:

@@ -59,7 +59,7 @@ from .data import (
 )
 from .device import autocast, pick_device
 from .errors import CheckpointError
-from .model import Block, VideoEncoder
+from .model import Block, video_input
 from .prefdata import HEADS, Comparison
 from .tokenizer import ActionTokenizer
 
@@ -171,7 +171,7 @@ class Critic(nn.Module):
             self.text_in = nn.Embedding(mc.text_vocab, d, padding_idx=0)  # id 0: no word
         else:
             self.text_in = nn.Linear(mc.text_dim, d, bias=False)  # zero vector: no word
-        self.video_in = VideoEncoder(mc.video_channels, d) if mc.use_video else None
+        self.video_in = video_input(mc, d)
         self.listener_in = nn.Linear(2 * width, d)  # position and change of each frame
         self.stride = config.frame_stride
         self.merge = nn.Linear(self.stride * d, d) if self.stride > 1 else None
@@ -773,6 +773,7 @@ def train_critic(comparisons: Sequence[Comparison], episodes: Mapping[str, Episo
     started = time.perf_counter()
     cfg = config or CriticConfig()
     device = pick_device(cfg.device)
+    model_config = model_config.without_backbone()  # the critic is a small network of its own
     if not any(c.split == "train" for c in comparisons):
         raise ValueError(f"none of the {len(comparisons)} comparisons has split 'train': the "
                          "critic has nothing to learn from")

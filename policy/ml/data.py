@@ -8,6 +8,7 @@ converts with :func:`episode_from`. Features are computed once per episode
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from rendering.layouts import get_layout
 
+from .backbone import text_tokenizer, word_tokens
 from .config import ModelConfig
 from .errors import EmptySplitError, PolicyDataError
 from .features import log_mel, text_features, video_frames
@@ -37,6 +39,10 @@ class EpisodeData:
     meta: dict = field(default_factory=dict)
     reference: np.ndarray | None = None  # (T, D) the rule-following listener, where the corpus
     #   keeps one beside a mixed-quality ground truth: held-out L2 / FD are measured against it
+    video_path: str | None = None  # the speaker video as a file, decoded where the policy needs
+    #   frames (``video`` holds frames already decoded)
+    video_sha: str = ""  # sha256 of that file, when known (the feature store's key)
+    face_box: tuple[int, int, int, int] | None = None  # (x, y, w, h) crop, in source pixels
 
     @property
     def n_frames(self) -> int:
@@ -60,6 +66,9 @@ def episode_from(obj: Any) -> EpisodeData:
         split=str(getattr(obj, "split", "train")),
         meta=dict(getattr(obj, "meta", None) or {}),
         reference=getattr(obj, "reference", None),
+        video_path=getattr(obj, "video_path", None),
+        video_sha=str(getattr(obj, "video_sha", "") or ""),
+        face_box=getattr(obj, "face_box", None),
     )
 
 
@@ -109,7 +118,8 @@ class Prepared:
     n_frames: int
     speaker: torch.Tensor  # (T, D) float32, standardised
     mel: torch.Tensor | None  # (T, M) float32, standardised
-    text: torch.Tensor | None  # (T,) int64 ids or (T, E) float32
+    text: torch.Tensor | None  # (T,) int64 ids or (T, E) float32; with a backbone (T, W) int64
+    #   of its token ids + 1 heard at each frame (0: none)
     video: torch.Tensor | None  # (T, 3, S, S) uint8
     listener_ids: torch.Tensor | None  # (T, D) int64 action tokens
     listener_in: torch.Tensor | None  # (T, D) float32 decoded tokens in [-1, 1] units
@@ -124,14 +134,50 @@ def raw_features(ep: EpisodeData, cfg: ModelConfig) -> dict[str, torch.Tensor | 
                       per_frame=cfg.mel_per_frame, window_s=cfg.mel_window_s,
                       fmax=cfg.mel_fmax)  # (T, M)
     text = None
-    if cfg.use_text and ep.transcript is not None:
+    if cfg.use_text and ep.transcript is not None and cfg.backbone:
+        text = word_tokens(ep.transcript, t, ep.fps, text_tokenizer(cfg), cfg.text_slots)
+    elif cfg.use_text and ep.transcript is not None:
         text = text_features(ep.transcript, t, ep.fps, encoder=cfg.text_encoder,
                              vocab=cfg.text_vocab, dim=cfg.text_dim, hold_s=cfg.text_hold_s)
-    video = None
-    if cfg.use_video and ep.video is not None:
-        video = video_frames(ep.video, t, cfg.video_size)  # (T, 3, S, S)
+    video = video_input(ep, cfg) if cfg.use_video else None
     return {"speaker": torch.as_tensor(ep.speaker, dtype=torch.float32), "mel": mel,
             "text": text, "video": video}
+
+
+@functools.lru_cache(maxsize=2)
+def _vision_encoder(spec: str, sha256: str) -> Any:
+    from .video import load_vision_encoder
+
+    encoder = load_vision_encoder(spec)
+    if sha256 and encoder.sha256 != sha256:
+        raise PolicyDataError(f"vision encoder {spec}: its weights ({encoder.sha256[:12]}) are not "
+                              f"the ones this policy was trained with ({sha256[:12]})")
+    return encoder
+
+
+def video_input(ep: EpisodeData, cfg: ModelConfig) -> torch.Tensor | None:
+    """The episode's speaker video as the policy reads it, unshifted: ``(T, 3, S, S)`` uint8
+    frames for the small conv net, or ``(T, E)`` float16 features of the pretrained encoder
+    (from the feature store when computed before). None without a video."""
+    if ep.video is None and not ep.video_path:
+        return None
+    t = ep.n_frames
+    if not cfg.vision_encoder:
+        if ep.video is not None:
+            return video_frames(ep.video, t, cfg.video_size)
+        from .video import decode_video
+
+        return decode_video(ep.video_path, fps=ep.fps, n_frames=t, size=cfg.video_size,
+                            box=ep.face_box)
+    encoder = _vision_encoder(cfg.vision_encoder, cfg.vision_sha256)
+    if ep.video is not None:
+        feats = encoder.encode(video_frames(ep.video, t, encoder.image_size)).numpy()
+    else:
+        from .video import default_feature_store, features_for
+
+        feats = features_for(ep.video_path, ep.video_sha or None, encoder, ep.fps, t,
+                             ep.face_box, default_feature_store())
+    return torch.from_numpy(np.asarray(feats, dtype=np.float32)).to(torch.float16)
 
 
 def fit_input_stats(raws: Sequence[dict], cfg: ModelConfig) -> dict[str, torch.Tensor]:

@@ -49,6 +49,37 @@ class KVCache:
         self.pos: torch.Tensor | None = None  # (S,) frame of each cached key, shared by layers
 
 
+class RingCache:
+    """Keys and values of the last ``size`` positions for every layer, in fixed buffers: position
+    p lives in slot p % size, so writing a step and reading the window never change a shape.
+
+    ``pos`` holds the frame in each slot, shared by the layers; a slot never written holds
+    EMPTY, which no query's window reaches. The buffers are allocated at the first write, in
+    the dtype the step computes in (bf16 under CUDA autocast).
+    """
+
+    EMPTY = -(1 << 40)  # frame of a slot never written: query - EMPTY is never < window
+    ATTENTION_ROWS = 32768  # rows per attention call: CUDA grids stop at 65,535 batches
+
+    def __init__(self, n_layers: int, size: int, device: torch.device | str) -> None:
+        self.size = size
+        self.k: list[torch.Tensor | None] = [None] * n_layers  # (B, H, size, hd) each
+        self.v: list[torch.Tensor | None] = [None] * n_layers
+        self.pos = torch.full((size,), self.EMPTY, dtype=torch.long, device=device)  # (size,)
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k``, ``v`` (B, H, T, hd) in ``slots`` (T,); the layer's whole buffers back."""
+        if self.k[layer] is None:
+            b, h, _, hd = k.shape
+            self.k[layer] = k.new_zeros(b, h, self.size, hd)
+            self.v[layer] = v.new_zeros(b, h, self.size, hd)
+        keys, values = self.k[layer], self.v[layer]
+        keys.index_copy_(2, slots, k)
+        values.index_copy_(2, slots, v)
+        return keys, values
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -74,6 +105,30 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(b, t, d)  # (B, H, T, hd) -> (B, T, d)
         return F.dropout(self.proj(y), self.dropout, self.training)
 
+    def forward_static(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
+                       ring: RingCache, layer: int, slots: torch.Tensor,
+                       order: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`forward` with a :class:`RingCache`, for sampling (no dropout): the new keys go
+        into ``slots``, the queries attend to the ring (read in ``order`` when given) under
+        ``mask`` (T, S)."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)  # (B, T, d) each
+        # (B, T, d) -> (B, H, T, hd)
+        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        q, k = rotary(q, pos), rotary(k, pos)
+        keys, values = ring.write(layer, slots, k, v)  # (B, H, size, hd)
+        if order is not None:
+            keys, values = keys.index_select(2, order), values.index_select(2, order)
+        step = ring.ATTENTION_ROWS
+        if b <= step:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        else:
+            y = torch.cat([F.scaled_dot_product_attention(q[r : r + step], keys[r : r + step],
+                                                          values[r : r + step], attn_mask=mask)
+                           for r in range(0, b, step)])
+        y = y.transpose(1, 2).contiguous().view(b, t, d)  # (B, H, T, hd) -> (B, T, d)
+        return self.proj(y)
+
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -89,6 +144,12 @@ class Block(nn.Module):
                 cache: KVCache | None, layer: int, keep: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), pos, mask, cache, layer, keep)
         return x + F.dropout(self.proj(F.gelu(self.fc(self.ln2(x)))), self.dropout, self.training)
+
+    def forward_static(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
+                       ring: RingCache, layer: int, slots: torch.Tensor,
+                       order: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn.forward_static(self.ln1(x), pos, mask, ring, layer, slots, order)
+        return x + self.proj(F.gelu(self.fc(self.ln2(x))))
 
 
 class VideoEncoder(nn.Module):
@@ -109,24 +170,42 @@ class VideoEncoder(nn.Module):
         return self.out(self.net(x).mean(dim=(2, 3)))  # (N, 4c) -> (N, d)
 
 
-class VLA(nn.Module):
-    def __init__(self, cfg: ModelConfig, width: int) -> None:
+class VisionProjection(nn.Module):
+    """(N, E) features of a pretrained vision encoder (stored as float16) -> (N, d)."""
+
+    def __init__(self, dim: int, d_model: int) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.width = width
-        d, m = cfg.d_model, cfg.n_mels * cfg.mel_per_frame
-        self.speaker_in = nn.Linear(width, d)
-        self.audio_in = nn.Linear(m, d) if cfg.use_audio else None
-        if not cfg.use_text:
-            self.text_in = None
-        elif cfg.text_encoder == "hashed":
-            self.text_in = nn.Embedding(cfg.text_vocab, d, padding_idx=0)  # id 0: no word
-        else:
-            self.text_in = nn.Linear(cfg.text_dim, d, bias=False)  # zero vector: no word
-        self.video_in = VideoEncoder(cfg.video_channels, d) if cfg.use_video else None
-        self.listener_in = nn.Linear(width, d)
-        self.start = nn.Parameter(torch.zeros(d))  # stands in for the action before frame 0
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.proj = nn.Linear(dim, d_model)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features.to(self.proj.weight.dtype))
+
+
+def video_input(cfg: ModelConfig, d: int) -> nn.Module | None:
+    """The speaker-video input of a policy or critic of width ``d``: None without video, a
+    projection of precomputed features with a pretrained encoder, else the small conv net."""
+    if not cfg.use_video:
+        return None
+    if cfg.vision_encoder:
+        if cfg.vision_dim <= 0:
+            raise ValueError("a pretrained vision encoder needs vision_dim > 0 "
+                             "(policy.ml.backbone.pin_pretrained records it)")
+        return VisionProjection(cfg.vision_dim, d)
+    return VideoEncoder(cfg.video_channels, d)
+
+
+class ActionHeads:
+    """What every listener policy shares, whatever mixes its frames: input standardisation,
+    the per-dimension bin heads read at frame positions, and the sampling-noise coupling.
+
+    A mixin for an ``nn.Module`` with ``cfg`` and ``width``; its attribute names are part of the
+    checkpoint format."""
+
+    cfg: ModelConfig
+    width: int
+
+    def _init_heads(self, d: int) -> None:
+        cfg, width, m = self.cfg, self.width, self.cfg.n_mels * self.cfg.mel_per_frame
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.chunk * width * (cfg.bin_head_dim + 2))
         # Per-dimension bin heads: dimension j maps its bin_head_dim features to n_bins free-form
@@ -146,6 +225,72 @@ class VLA(nn.Module):
         # Sampling noise coupling across dimensions (Gaussian copula), fitted on the training
         # listeners by data.fit_noise_coupling; identity = independent dimensions.
         self.register_buffer("noise_chol", torch.eye(width))
+
+    def set_input_stats(self, stats: dict[str, torch.Tensor]) -> None:
+        for name, value in stats.items():
+            getattr(self, name).copy_(value)
+
+    def input_stats(self) -> dict[str, torch.Tensor]:
+        return {n: getattr(self, n).detach().cpu().clone()
+                for n in ("speaker_mean", "speaker_std", "mel_mean", "mel_std")}
+
+    def read_heads(self, x: torch.Tensor, batch: dict[str, torch.Tensor | None],
+                   heads_at: torch.Tensor | None) -> torch.Tensor:
+        """Bin logits (B, T', chunk, D, n_bins) from frame features ``x`` (B, T, d) at frame
+        positions ``heads_at`` (default: all T)."""
+        b = x.shape[0]
+        if heads_at is not None:
+            x = x[:, heads_at]  # (B, T', d)
+        h = self.head(self.ln_f(x))  # (B, T, C * D * (e + 2))
+        h = h.view(b, x.shape[1], self.cfg.chunk, self.width, -1)  # (B, T, C, D, e + 2)
+        # Each dimension's logits over its bins k = a free-form part, features . bin_w[:, k],
+        # plus a discretised Gaussian, -(c_k - mean)^2 / (2 width^2), around the previous action
+        # plus an offset. A sharp, continuous answer ("about where I was, a little higher") is
+        # then one linear read-out away, where 256 free logits would learn it bin by bin.
+        prev = batch["prev"] * batch["prev_valid"][..., None]  # (B, T, D)
+        if heads_at is not None:
+            prev = prev[:, heads_at]
+        mean = prev[:, :, None, :].float() + h[..., -2].float()  # (B, T', C, D)
+        inv_var = (F.softplus(h[..., -1].float() - 2.0) + 1.0 / self.cfg.n_bins) ** -2
+        feats = F.gelu(h[..., :-2])  # (B, T', C, D, e)
+        fused = self.fused_gaussian if self.fused_gaussian is not None else (
+            feats.dtype == torch.float32)
+        if fused:
+            # In float32 the Gaussian expands to c_k * mean / width^2 - c_k^2 / (2 width^2)
+            # (+ a constant softmax ignores): two more features against the fixed rows c_k and
+            # c_k^2, so both parts are one contraction -- a third of the CPU time of the plain
+            # form. Its terms reach 1 / width^2 ~ 65,000, so it needs float32: under bf16 the
+            # cancellation would leave nothing of a one-bin-wide peak.
+            feats = torch.cat([feats.float(), (mean * inv_var)[..., None],
+                               (-0.5 * inv_var)[..., None]], dim=-1)  # (B, T', C, D, e + 2)
+            c = self.centers
+            rows = torch.cat([self.bin_w.float(), torch.stack([c, c * c]).expand(
+                self.width, 2, -1)], dim=1)  # (D, e + 2, K)
+            return torch.einsum("btcde,dek->btcdk", feats, rows) + self.bin_b.float()
+        free = torch.einsum("btcde,dek->btcdk", feats, self.bin_w.to(feats.dtype))
+        z = self.centers - mean[..., None]  # (B, T', C, D, K), float32
+        return free.float() + self.bin_b.float() - 0.5 * z * z * inv_var[..., None]
+
+
+class VLA(ActionHeads, nn.Module):
+    def __init__(self, cfg: ModelConfig, width: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.width = width
+        d, m = cfg.d_model, cfg.n_mels * cfg.mel_per_frame
+        self.speaker_in = nn.Linear(width, d)
+        self.audio_in = nn.Linear(m, d) if cfg.use_audio else None
+        if not cfg.use_text:
+            self.text_in = None
+        elif cfg.text_encoder == "hashed":
+            self.text_in = nn.Embedding(cfg.text_vocab, d, padding_idx=0)  # id 0: no word
+        else:
+            self.text_in = nn.Linear(cfg.text_dim, d, bias=False)  # zero vector: no word
+        self.video_in = video_input(cfg, d)
+        self.listener_in = nn.Linear(width, d)
+        self.start = nn.Parameter(torch.zeros(d))  # stands in for the action before frame 0
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self._init_heads(d)
         self._init()
 
     def _init(self) -> None:
@@ -160,14 +305,6 @@ class VLA(nn.Module):
         if isinstance(self.text_in, nn.Embedding):
             with torch.no_grad():
                 self.text_in.weight[0].zero_()
-
-    def set_input_stats(self, stats: dict[str, torch.Tensor]) -> None:
-        for name, value in stats.items():
-            getattr(self, name).copy_(value)
-
-    def input_stats(self) -> dict[str, torch.Tensor]:
-        return {n: getattr(self, n).detach().cpu().clone()
-                for n in ("speaker_mean", "speaker_std", "mel_mean", "mel_std")}
 
     def embed(self, batch: dict[str, torch.Tensor | None]) -> torch.Tensor:
         """Sum of the input embeddings of each frame: (B, T, d)."""
@@ -212,40 +349,44 @@ class VLA(nn.Module):
             x = block(x, pos, mask, cache, i, keep)
         if cache is not None:
             cache.pos = kpos[keep]
-        if heads_at is not None:
-            x = x[:, heads_at]  # (B, T', d)
-        h = self.head(self.ln_f(x))  # (B, T, C * D * (e + 2))
-        h = h.view(b, x.shape[1], self.cfg.chunk, self.width, -1)  # (B, T, C, D, e + 2)
-        # Each dimension's logits over its bins k = a free-form part, features . bin_w[:, k],
-        # plus a discretised Gaussian, -(c_k - mean)^2 / (2 width^2), around the previous action
-        # plus an offset. A sharp, continuous answer ("about where I was, a little higher") is
-        # then one linear read-out away, where 256 free logits would learn it bin by bin.
-        prev = batch["prev"] * batch["prev_valid"][..., None]  # (B, T, D)
-        if heads_at is not None:
-            prev = prev[:, heads_at]
-        mean = prev[:, :, None, :].float() + h[..., -2].float()  # (B, T', C, D)
-        inv_var = (F.softplus(h[..., -1].float() - 2.0) + 1.0 / self.cfg.n_bins) ** -2
-        feats = F.gelu(h[..., :-2])  # (B, T', C, D, e)
-        fused = self.fused_gaussian if self.fused_gaussian is not None else (
-            feats.dtype == torch.float32)
-        if fused:
-            # In float32 the Gaussian expands to c_k * mean / width^2 - c_k^2 / (2 width^2)
-            # (+ a constant softmax ignores): two more features against the fixed rows c_k and
-            # c_k^2, so both parts are one contraction -- a third of the CPU time of the plain
-            # form. Its terms reach 1 / width^2 ~ 65,000, so it needs float32: under bf16 the
-            # cancellation would leave nothing of a one-bin-wide peak.
-            feats = torch.cat([feats.float(), (mean * inv_var)[..., None],
-                               (-0.5 * inv_var)[..., None]], dim=-1)  # (B, T', C, D, e + 2)
-            c = self.centers
-            rows = torch.cat([self.bin_w.float(), torch.stack([c, c * c]).expand(
-                self.width, 2, -1)], dim=1)  # (D, e + 2, K)
-            return torch.einsum("btcde,dek->btcdk", feats, rows) + self.bin_b.float()
-        free = torch.einsum("btcde,dek->btcdk", feats, self.bin_w.to(feats.dtype))
-        z = self.centers - mean[..., None]  # (B, T', C, D, K), float32
-        return free.float() + self.bin_b.float() - 0.5 * z * z * inv_var[..., None]
+        return self.read_heads(x, batch, heads_at)
 
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg.n_layers)
+
+    def new_ring(self, device: torch.device | str) -> RingCache:
+        """A ring for :meth:`forward_static` steps of up to ``chunk`` positions: the last step's
+        first query sees ``context - 1`` earlier frames, so the ring holds ``context - 1 +
+        chunk`` positions."""
+        return RingCache(self.cfg.n_layers, self.cfg.context - 1 + self.cfg.chunk, device)
+
+    def forward_static(self, batch: dict[str, torch.Tensor | None], pos: torch.Tensor,
+                       ring: RingCache, keys: int | None = None) -> torch.Tensor:
+        """The residual stream (B, 1, d) at the last of the positions ``pos`` (T,) -- feed it to
+        :meth:`read_heads` -- for sampling with fixed shapes: the keys and values of ``pos`` go
+        into ``ring``, and the positions attend to what it holds within the window.
+
+        ``keys=None`` reads the whole ring as it lies, the slots outside a query's window
+        masked, so every step of T positions has the same shapes and a CUDA graph can replay
+        it. ``keys=n`` reads the n newest positions in position order: the keys :meth:`forward`
+        with a :class:`KVCache` holds, in its order, which is its arithmetic bit for bit on the
+        CPU (whose attention kernel rounds differently when keys move or masked ones are added).
+        """
+        if self.training:
+            raise RuntimeError("forward_static samples: call model.eval() first")
+        x = self.embed(batch)  # (B, T, d)
+        slots = pos.remainder(ring.size)  # (T,)
+        ring.pos.index_copy_(0, slots, pos)
+        order = None
+        kpos = ring.pos  # (S,)
+        if keys is not None:  # slots of the positions last - keys + 1 .. last, oldest first
+            order = (pos[-1] + 1 - keys + torch.arange(keys, device=pos.device)).remainder(
+                ring.size)  # (keys,)
+            kpos = ring.pos[order]
+        mask = window_mask(pos, kpos, self.cfg.context)  # (T, S) or (T, keys)
+        for i, block in enumerate(self.blocks):
+            x = block.forward_static(x, pos, mask, ring, i, slots, order)
+        return x[:, -1:]  # (B, 1, d)
 
     # --- accounting, for the benchmark ------------------------------------------------------
     def n_params(self) -> int:

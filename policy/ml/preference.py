@@ -36,11 +36,11 @@ import dataclasses
 import hashlib
 import logging
 import math
-from statistics import NormalDist
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -625,7 +625,7 @@ class _Run:
     def result_policy(self) -> Policy:
         if self.best is None:
             return self.parent
-        model = VLA(self.parent.cfg, self.tok.width)
+        model = copy.deepcopy(self.parent.model)  # a backbone is not read from disk again
         model.load_state_dict(self.best["model"])
         return Policy(model.eval(), self.tok, self.parent.cfg).to(self.device)
 

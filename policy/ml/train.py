@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
+from .backbone import build_model, pin_pretrained
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import (
@@ -42,7 +43,6 @@ from .data import (
     window_index,
 )
 from .device import autocast, pick_device
-from .model import VLA
 from .policy import Policy
 from .tokenizer import ActionTokenizer
 
@@ -77,10 +77,17 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def make_optimizer(model: VLA, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "text_in" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2
-                                                               and "text_in" not in n)]
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device
+                   ) -> torch.optim.AdamW:
+    """AdamW over the trained weights (a frozen backbone's are left out); no decay on biases,
+    norms and embedding tables."""
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def decays(name: str, p: torch.Tensor) -> bool:
+        return p.ndim >= 2 and "text_in" not in name and "embed_tokens" not in name
+
+    decay = [p for n, p in trained if decays(n, p)]
+    no_decay = [p for n, p in trained if not decays(n, p)]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
@@ -313,7 +320,7 @@ def train(train_episodes: Sequence[Any], model_config: ModelConfig | None = None
                 raise ValueError(f"resuming {resume_from}: the given {type(given).__name__} "
                                  "differs from the checkpoint's; pass None to use the saved one")
         model_config, train_config = ckpt.model_config, saved_train
-    cfg = model_config or ModelConfig()
+    cfg = pin_pretrained(model_config or ModelConfig())  # a backbone's hash goes in the config
     tcfg = train_config or TrainConfig()
     device = distributed.device_for(dist, tcfg.device) if dist.active else pick_device(tcfg.device)
     distributed.check_batch(tcfg.batch_size, dist.world)  # before the costly preparation
@@ -326,7 +333,7 @@ def train(train_episodes: Sequence[Any], model_config: ModelConfig | None = None
         tokenizer = ActionTokenizer.fit(np.concatenate([e.listener for e in eps]),
                                         n_bins=cfg.n_bins, layout=cfg.layout)
     torch.manual_seed(tcfg.seed)  # initialisation and dropout (the global generator, as nanoGPT)
-    model = VLA(cfg, tokenizer.width)
+    model = build_model(cfg, tokenizer.width)
     if ckpt is None:
         stats = fit_input_stats(raws, cfg)
         model.set_input_stats({**stats, "noise_chol": fit_noise_coupling(

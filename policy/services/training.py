@@ -27,7 +27,7 @@ from rendering import blobs
 
 logger = logging.getLogger(__name__)
 
-PRESETS = ("demo", "default")
+PRESETS = ("demo", "default", "backbone")  # policy.ml.presets
 DEFAULT_EVAL_EPISODES = 64
 
 
@@ -36,19 +36,27 @@ class TrainingError(ValueError):
 
 
 def _configs(config: dict) -> tuple[Any, Any]:
-    from policy.ml.config import ModelConfig, TrainConfig
-    from policy.ml.demo import DEMO_MODEL, DEMO_TRAIN
+    """The run's model and SFT configs: its preset with its overrides; a backbone or vision
+    encoder directory is checked (exists, supported, safetensors) before anything is stored."""
+    from policy.ml.backbone import BACKBONES
+    from policy.ml.errors import PolicyDataError
+    from policy.ml.hf import check_model_dir, resolve_model_dir
+    from policy.ml.presets import PresetError, preset_configs
 
-    preset = config.get("preset", "demo")
-    if preset not in PRESETS:
-        raise TrainingError(f"config.preset must be one of {PRESETS}, got {preset!r}")
-    model, train = (DEMO_MODEL, DEMO_TRAIN) if preset == "demo" else (ModelConfig(), TrainConfig())
+    model, train = config.get("model", {}), config.get("train", {})
+    if not isinstance(model, dict) or not isinstance(train, dict):
+        raise TrainingError("config.model and config.train must be JSON objects")
     try:
-        model = dataclasses.replace(model, **config.get("model", {}))
-        train = dataclasses.replace(train, **config.get("train", {}))
-    except TypeError as exc:
-        raise TrainingError(f"config: {exc}") from exc
-    return model, train
+        model_cfg, train_cfg = preset_configs(config.get("preset", "demo"), model, train)
+        if model_cfg.backbone:
+            check_model_dir(resolve_model_dir(model_cfg.backbone), kinds=BACKBONES)
+        if model_cfg.use_video and model_cfg.vision_encoder:
+            from policy.ml.video import load_vision_encoder
+
+            load_vision_encoder(model_cfg.vision_encoder)
+    except (PresetError, PolicyDataError) as exc:
+        raise TrainingError(str(exc)) from exc
+    return model_cfg, train_cfg
 
 
 def _check_distributed(config: dict) -> None:
@@ -96,8 +104,7 @@ def training_run_request(
     if PolicyVersion.objects.filter(name=version_name).exists():
         raise TrainingError(f"a policy version named {version_name!r} already exists")
     config = dict(config or {"preset": "demo"})
-    if config.get("preset", "demo") not in PRESETS:
-        raise TrainingError(f"config.preset must be one of {PRESETS}")
+    _configs(config)  # a bad preset, override or model directory stores nothing
     _check_distributed(config)
     run = TrainingRun.objects.create(
         kind=RunKind.SFT, dataset=dataset, config=config, version_name=version_name, created_by=user
@@ -212,7 +219,7 @@ def _train(run: TrainingRun, progress_hook: Any) -> PolicyVersion:
         version = PolicyVersion.objects.create(
             name=run.version_name or f"{dataset.name}-sft-{run.pk}",
             checkpoint_sha=sha,
-            config={"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg)},
+            config=_version_config(result.policy.cfg, train_cfg),
             tokenizer={
                 "layout": tokenizer.layout,
                 "n_bins": tokenizer.n_bins,
@@ -237,6 +244,19 @@ def _train(run: TrainingRun, progress_hook: Any) -> PolicyVersion:
         )
     logger.info("training run %s: version %s (%s)", run.pk, version.name, sha[:12])
     return version
+
+
+def _version_config(model_cfg: Any, train_cfg: Any) -> dict:
+    """What a version records of its configs: the model's as trained (with the hashes of a
+    backbone and a vision encoder pinned at the start), and the backbone by name and hash."""
+    config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg)}
+    if model_cfg.backbone:
+        config["backbone"] = {"name": model_cfg.backbone, "sha256": model_cfg.backbone_sha256,
+                              "lora_rank": model_cfg.lora_rank}
+    if model_cfg.use_video and model_cfg.vision_encoder:
+        config["vision_encoder"] = {"name": model_cfg.vision_encoder,
+                                    "sha256": model_cfg.vision_sha256}
+    return config
 
 
 def _keys_hash(keys: list[str]) -> str:

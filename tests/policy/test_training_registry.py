@@ -68,10 +68,9 @@ def test_empty_train_split_fails_with_a_clear_error(corpus):
 
 def test_unknown_config_field_fails_clearly(corpus):
     config = {"preset": "demo", "model": {"no_such_field": 1}}
-    run = training_run_request(dataset=corpus, version_name="bad", config=config, enqueue=False)
-    training_run_execute(run_id=run.pk)
-    run.refresh_from_db()
-    assert run.status == JobStatus.FAILED and "no_such_field" in run.error
+    with pytest.raises(TrainingError, match="no_such_field"):
+        training_run_request(dataset=corpus, version_name="bad", config=config, enqueue=False)
+    assert not TrainingRun.objects.exists()  # refused before anything is stored
 
 
 def test_candidates_are_generated_once(corpus, version):
