@@ -81,25 +81,36 @@ def restore_rng(state: dict, data_generator: torch.Generator | None) -> None:
         data_generator.set_state(state["data"])
 
 
-def save_checkpoint(path: str | os.PathLike, *, policy: Policy, train_config: TrainConfig | None,
-                    step: int, optimizer: torch.optim.Optimizer | None = None,
+def checkpoint_meta(*, policy: Policy, train_config: TrainConfig | None, step: int,
                     schedule: dict | None = None, data_generator: torch.Generator | None = None,
-                    history: list[dict] | None = None, extra: dict | None = None) -> str:
-    """Write the checkpoint atomically (a reader never sees half a file); return its sha256."""
-    state = {
+                    history: list[dict] | None = None, extra: dict | None = None) -> dict:
+    """Everything a checkpoint holds but the weights and the optimiser state (which a sharded
+    checkpoint keeps in shards beside it, ``policy.ml.sharded``)."""
+    return _canonical({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_config": dataclasses.asdict(policy.cfg),
         "train_config": dataclasses.asdict(train_config) if train_config else None,
         "tokenizer": policy.tokenizer.state_dict(),
-        "model": _cpu(policy.model.state_dict()),
-        "optimizer": _cpu(optimizer.state_dict()) if optimizer is not None else None,
+        "input_stats": _cpu(policy.model.input_stats()),
         "schedule": dict(schedule or {}),
         "step": int(step),
         "rng": _cpu(rng_state(data_generator)),
         "history": list(history or []),
         "extra": dict(extra or {}),
-    }
+    })
+
+
+def save_checkpoint(path: str | os.PathLike, *, policy: Policy, train_config: TrainConfig | None,
+                    step: int, optimizer: torch.optim.Optimizer | None = None,
+                    schedule: dict | None = None, data_generator: torch.Generator | None = None,
+                    history: list[dict] | None = None, extra: dict | None = None) -> str:
+    """Write the checkpoint atomically (a reader never sees half a file); return its sha256."""
+    state = checkpoint_meta(policy=policy, train_config=train_config, step=step,
+                            schedule=schedule, data_generator=data_generator, history=history,
+                            extra=extra)
+    state["model"] = _cpu(policy.model.state_dict())
+    state["optimizer"] = _cpu(optimizer.state_dict()) if optimizer is not None else None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -136,6 +147,17 @@ class Checkpoint:
     def step(self) -> int:
         return int(self.state["step"])
 
+    @property
+    def sharded(self) -> bool:
+        """A directory of shards (``policy.ml.sharded``): no weights in ``state``."""
+        return "model" not in self.state
+
+    def input_stats(self) -> dict[str, torch.Tensor]:
+        if "input_stats" in self.state:
+            return dict(self.state["input_stats"])
+        return {k: self.state["model"][k]
+                for k in ("speaker_mean", "speaker_std", "mel_mean", "mel_std")}
+
     def policy(self, device: str | torch.device = "cpu") -> Policy:
         cfg = self.model_config
         tok = self.tokenizer
@@ -143,7 +165,12 @@ class Checkpoint:
 
         model = build_model(cfg, tok.width)
         try:
-            model.load_state_dict(self.state["model"])
+            if self.sharded:
+                from .sharded import load_sharded_model
+
+                load_sharded_model(self.path, model)
+            else:
+                model.load_state_dict(self.state["model"])
         except RuntimeError as exc:
             raise CheckpointError(f"{self.path}: model weights do not match its config "
                                   f"({exc})") from exc
@@ -159,15 +186,19 @@ def load_checkpoint(path: str | os.PathLike, *, expected_sha256: str | None = No
     is refused before it is parsed. ``tokenizer``: the action tokenizer (or its fingerprint) the
     caller's data is encoded with; a checkpoint trained on other bins is refused.
     """
+    from .sharded import dir_sha256, is_sharded_checkpoint, read_meta
+
     path = Path(path)
-    if not path.is_file():
+    sharded = is_sharded_checkpoint(path)
+    if not path.is_file() and not sharded:
         raise CheckpointError(f"checkpoint {path} does not exist")
-    sha = file_sha256(path)
+    sha = dir_sha256(path) if sharded else file_sha256(path)
     if expected_sha256 is not None and sha != expected_sha256.lower():
         raise ChecksumMismatchError(f"checkpoint {path} has sha256 {sha}, expected "
                                     f"{expected_sha256}: the file changed or is the wrong one")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_meta(path) if sharded else torch.load(path, map_location="cpu",
+                                                           weights_only=True)
     except Exception as exc:  # the unpickler raises many types for a foreign or damaged file
         raise CheckpointError(f"checkpoint {path} cannot be read safely ({exc})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -132,6 +132,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
     device: str = "auto"  # "auto" picks CUDA when available, else CPU
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    fsdp: bool = False  # under torchrun: shard weights, gradients and AdamW state over the
+    #   processes (policy.ml.sharded) instead of replicating them; checkpoints become directories
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -200,15 +200,22 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
-def wrap(model: nn.Module, d: Dist, *, find_unused: bool = False) -> nn.Module:
+def wrap(model: nn.Module, d: Dist, *, find_unused: bool = False, fsdp: bool = False
+         ) -> nn.Module:
     """The module to run the training forward pass through: DDP under a process group (its
-    backward all-reduces and averages the gradients), the model itself otherwise.
+    backward all-reduces and averages the gradients), the model itself otherwise. With
+    ``fsdp`` the model is sharded in place instead (``policy.ml.sharded``; its gradients are
+    reduce-scattered and averaged the same way).
 
     ``find_unused``: some parameters get no gradient (an input encoder whose input the data
     lacks); DDP must then look for them every step.
     """
     if not d.active:
         return model
+    if fsdp:
+        from .sharded import shard
+
+        return shard(model, cuda=d.backend == "nccl")
     return nn.parallel.DistributedDataParallel(
         model,
         device_ids=[d.local_rank] if d.backend == "nccl" else None,

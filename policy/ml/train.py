@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from . import distributed
 from .backbone import build_model, pin_pretrained
-from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import checkpoint_meta, load_checkpoint, restore_rng, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import (
     Prepared,
@@ -44,6 +44,7 @@ from .data import (
 )
 from .device import autocast, pick_device
 from .policy import Policy
+from .sharded import load_sharded_state, save_sharded
 from .tokenizer import ActionTokenizer
 
 logger = logging.getLogger(__name__)
@@ -176,7 +177,10 @@ class Trainer:
         unused = ((model.audio_in is not None and self.store.mel is None)
                   or (model.text_in is not None and self.store.text is None)
                   or (model.video_in is not None and self.store.video is None))
-        self.net = distributed.wrap(model, self.dist, find_unused=unused)  # forward for training
+        # The forward for training; sharded in place under fsdp (all ranks then take part in
+        # every forward, saving and validation included).
+        self.sharded = bool(tcfg.fsdp and self.dist.active)
+        self.net = distributed.wrap(model, self.dist, find_unused=unused, fsdp=self.sharded)
         self.optimizer = make_optimizer(model, tcfg, device)
         self.gen = torch.Generator().manual_seed(tcfg.seed + 1)  # windows and augmentation
         self.step = 0
@@ -275,12 +279,20 @@ class Trainer:
             total, n = total + float(loss) * len(chunk), n + len(chunk)
         return total / n
 
-    def save(self, path: Path) -> str:
-        return save_checkpoint(path, policy=self.policy, train_config=self.tcfg, step=self.step,
-                               optimizer=self.optimizer, data_generator=self.gen,
-                               schedule={"kind": "warmup-cosine", "step": self.step,
-                                         "lr": lr_at(self.step, self.tcfg)},
-                               history=self.history)
+    def save(self, path: Path) -> str | None:
+        """Rank 0 writes a checkpoint file and returns its sha256; a sharded run writes a
+        directory of shards from every rank (rank 0 returns its sha256, the others None)."""
+        common = dict(policy=self.policy, train_config=self.tcfg, step=self.step,
+                      data_generator=self.gen, history=self.history,
+                      schedule={"kind": "warmup-cosine", "step": self.step,
+                                "lr": lr_at(self.step, self.tcfg)})
+        if self.sharded:
+            return save_sharded(path, model=self.policy.model, optimizer=self.optimizer,
+                                meta=checkpoint_meta(**common), rank=self.dist.rank,
+                                barrier=lambda: distributed.barrier(self.dist))
+        if not self.dist.is_main:
+            return None
+        return save_checkpoint(path, optimizer=self.optimizer, **common)
 
 
 def _prepare_split(episodes: Sequence[Any], cfg: ModelConfig, split: str, tokenizer, stats,
@@ -339,15 +351,20 @@ def train(train_episodes: Sequence[Any], model_config: ModelConfig | None = None
         model.set_input_stats({**stats, "noise_chol": fit_noise_coupling(
             [e.listener for e in eps], tokenizer, cfg.chunk)})
     else:
-        stats = {k: ckpt.state["model"][k]
-                 for k in ("speaker_mean", "speaker_std", "mel_mean", "mel_std")}
+        stats = ckpt.input_stats()
     policy = Policy(model, tokenizer, cfg).to(device)
     train_set = [prepare_episode(e, cfg, stats, tokenizer, raw) for e, raw in zip(eps, raws)]
     val_set = _prepare_split(val_episodes, cfg, "val", tokenizer, stats) if val_episodes else []
     trainer = Trainer(policy, tcfg, train_set, val_set, device, dist)
-    if ckpt is not None:
+    if ckpt is not None and ckpt.sharded:  # any world size, sharded or not
+        load_sharded_state(ckpt.path, model=model, optimizer=trainer.optimizer)
+    elif ckpt is not None and trainer.sharded:
+        raise ValueError(f"resuming {resume_from}: a sharded (fsdp) run resumes from a sharded "
+                         "checkpoint (a directory); start it from a new run instead")
+    elif ckpt is not None:
         model.load_state_dict(ckpt.state["model"])
         trainer.optimizer.load_state_dict(ckpt.state["optimizer"])
+    if ckpt is not None:
         trainer.step = ckpt.step
         trainer.history = list(ckpt.state["history"])
         restore_rng(ckpt.state["rng"], trainer.gen)
@@ -369,16 +386,16 @@ def train(train_episodes: Sequence[Any], model_config: ModelConfig | None = None
                                 or trainer.step == tcfg.max_steps)
         if trainer.step % tcfg.log_every == 0 or done or validate:
             losses = trainer.read_losses(step_losses)  # a collective: every rank, same steps
-            if validate and main:  # rank 0 holds the same weights as every other rank
+            if validate and (main or trainer.sharded):  # sharded: every rank takes part
                 losses["val_loss"] = trainer.val_loss()
             trainer.history.append({"step": trainer.step, **losses})
             if progress is not None and main:
                 progress(trainer.step, tcfg.max_steps, losses)
         if path is not None and (done or (tcfg.checkpoint_every
                                           and trainer.step % tcfg.checkpoint_every == 0)):
-            sha, saved = trainer.save(path) if main else None, True
+            sha, saved = trainer.save(path), True
     if path is not None and not saved:  # nothing left to train: still leave a checkpoint
-        sha = trainer.save(path) if main else None
+        sha = trainer.save(path)
     distributed.barrier(dist)  # the checkpoint is on disk before any rank returns
     seconds = time.perf_counter() - t0
     frames = (trainer.step - first_step) * tcfg.batch_size * cfg.context
