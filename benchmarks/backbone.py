@@ -17,7 +17,16 @@ built in memory on the device: timing does not depend on the weights, and nothin
   adapters of rank 16 on every projection, gradient checkpointing. Step time, tokens/s, memory.
 * The same run measures the small default model's SFT step on the same windows, for scale.
 
-Results: benchmarks/results/backbone-<device>.json (or ``--out``).
+``--distributed`` (a machine with several GPUs): full fine-tuning sharded over every GPU
+(``TrainConfig.fsdp``, torchrun through ``policy.ml.distributed.launch``). The ``1b`` backbone
+runs under 1 GPU and under all of them with the same per-GPU batch, for ``scaling_efficiency`` =
+tokens/s(N) / (N x tokens/s(1)); then a ``7b`` Llama-shaped backbone that no single GPU holds
+(16 bytes a parameter with AdamW) is fine-tuned in full across all of them: ``params``,
+``tokens_per_s``, ``mfu`` (against N x the peak), ``peak_mem_gb`` (per GPU). CPU processes
+under gloo run the same path with ``--device cpu --nproc 2`` (tiny sizes).
+
+Results: benchmarks/results/backbone-<device>.json, backbone-<device>-multi.json with
+``--distributed`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import argparse
 import dataclasses
 import tempfile
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -146,6 +156,93 @@ def time_sampling(policy: Policy, episodes: Sequence[EpisodeData], k: int,
                             if device.type == "cuda" else None)}
 
 
+def _worker(args: argparse.Namespace) -> None:
+    """One rank of a sharded run (started by torchrun): time ``--steps`` steps, rank 0 writes
+    what it measured to ``--out``."""
+    import json
+
+    from policy.ml import distributed
+
+    d = distributed.init(args.device)
+    device = distributed.device_for(d, args.device)
+    try:
+        size, gpu = args.size, device.type == "cuda"
+        train_eps = corpus(64 if gpu else 6, 64)
+        words = sorted({w["word"] for e in train_eps for w in (e.transcript or [])})
+        vocab_dir = Path(args.out).with_suffix(".words")
+        if d.is_main:
+            save_word_tokenizer(vocab_dir, words)
+        distributed.barrier(d)
+        cfg = ModelConfig(backbone=str(vocab_dir), context=args.context, dropout=0.0,
+                          grad_checkpointing=args.checkpointing)
+        tcfg = TrainConfig(batch_size=args.batch * d.world, device=str(device),
+                           log_every=10**9, loss_stride=0, fsdp=True)
+        decoder = random_decoder(size, device, torch.float32)  # the same seed on every rank
+        policy, prepared = build_policy(train_eps, cfg, decoder, device)
+        r = time_training(policy, prepared, tcfg, device, warmup=2, steps=args.steps)
+        peak = torch.tensor([r["peak_mem_gb"] or 0.0], device=device)
+        if d.world > 1:
+            torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+        if d.is_main:
+            name, one = peak_flops(device)
+            r.update(gpus=d.world, per_gpu_batch=args.batch, peak_mem_gb=float(peak),
+                     mfu=(r["achieved_tflops"] * 1e12 / (one * d.world)) if one else None,
+                     grad_checkpointing=args.checkpointing, size=size, config=SIZES[size])
+            Path(args.out).write_text(json.dumps(r))
+    finally:
+        distributed.destroy()
+
+
+def _sharded_run(size: str, nproc: int, args: argparse.Namespace, folder: Path,
+                 batch: int, checkpointing: bool) -> dict:
+    import json
+
+    from policy.ml import distributed
+
+    out = folder / f"{size}-{nproc}.json"
+    log = folder / f"{size}-{nproc}.log"
+    worker = ["--worker", "--device", args.device, "--size", size, "--batch", batch,
+              "--steps", args.steps or 10, "--context", args.context, "--out", out]
+    if checkpointing:
+        worker.append("--checkpointing")
+    print(f"  {size} on {nproc} process(es), {batch} windows each ...", flush=True)
+    distributed.launch("benchmarks.backbone", [str(a) for a in worker], nproc=nproc,
+                       log_path=log)
+    return json.loads(out.read_text())
+
+
+def distributed_main(args: argparse.Namespace) -> dict:
+    gpu = args.device != "cpu" and torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    args.device = device
+    if not gpu:
+        args.context = min(args.context, 32)
+    nproc = args.nproc or (torch.cuda.device_count() if gpu else 2)
+    size = args.size or ("1b" if gpu else "tiny")
+    big = args.lora_size if args.lora_size not in (None, "none") else ("7b" if gpu else "tiny")
+    batch = args.batch or (16 if gpu else 2)
+    folder = Path(tempfile.mkdtemp(prefix="backbone-multi-"))
+    results: dict = {"machine": machine_info(torch=torch.__version__, device=device),
+                     "gpus": nproc, "size": size, "big_size": big}
+    one = _sharded_run(size, 1, args, folder, batch, False)
+    many = _sharded_run(size, nproc, args, folder, batch, False)
+    results.update(one_gpu=one, all_gpus=many,
+                   scaling_efficiency=many["tokens_per_s"] / (nproc * one["tokens_per_s"]))
+    print(f"  scaling efficiency at {nproc}: {100 * results['scaling_efficiency']:.1f} %",
+          flush=True)
+    full = _sharded_run(big, nproc, args, folder, args.big_batch or (8 if gpu else 2), True)
+    results["full_finetune"] = full
+    results.update(params=full["params"], tokens_per_s=full["tokens_per_s"], mfu=full["mfu"],
+                   peak_mem_gb=full["peak_mem_gb"])
+    mfu = "n/a" if full["mfu"] is None else f"{100 * full['mfu']:.1f} %"
+    print(f"  {big}: {full['params'] / 1e9:.2f} B params over {nproc}: "
+          f"{full['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, "
+          f"peak {full['peak_mem_gb']:.1f} GB per GPU", flush=True)
+    out = write_results(f"backbone-{device}-multi", results, args.out)
+    print(f"wrote {out}")
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -161,7 +258,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--max-rows", type=int, default=None, help="episodes x k rows per pass")
     ap.add_argument("--skip-sampling", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--distributed", action="store_true",
+                    help="sharded full fine-tuning over every GPU (see above)")
+    ap.add_argument("--nproc", type=int, default=None, help="processes for --distributed")
+    ap.add_argument("--big-batch", type=int, default=None,
+                    help="windows per GPU for the 7b run of --distributed")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return {}
+    if args.distributed:
+        return distributed_main(args)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
