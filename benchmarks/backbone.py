@@ -35,8 +35,8 @@ import argparse
 import dataclasses
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
