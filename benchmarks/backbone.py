@@ -44,7 +44,7 @@ import torch
 
 from benchmarks.common import machine_info, write_results
 from benchmarks.policy import corpus, peak_flops, sync
-from policy.ml.backbone import BackboneVLA, save_word_tokenizer
+from policy.ml.backbone import DECODE_ATTENTION, BackboneVLA, save_word_tokenizer
 from policy.ml.config import ModelConfig, SampleConfig, TrainConfig
 from policy.ml.data import (
     EpisodeData,
@@ -55,6 +55,7 @@ from policy.ml.data import (
 )
 from policy.ml.model import VLA
 from policy.ml.policy import Policy
+from policy.ml.sharded import shard_units
 from policy.ml.tokenizer import ActionTokenizer
 from policy.ml.train import Trainer
 
@@ -257,6 +258,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--max-rows", type=int, default=None, help="episodes x k rows per pass")
     ap.add_argument("--skip-sampling", action="store_true")
+    ap.add_argument("--compare-attention", action="store_true",
+                    help="compile and compare attention paths on the CPU too (slow; CUDA does)")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="skip the compiled SFT measurement (CUDA)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--distributed", action="store_true",
                     help="sharded full fine-tuning over every GPU (see above)")
@@ -303,11 +308,46 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"  {sft['params'] / 1e9:.2f} B params: {sft['tokens_per_s']:,.0f} tokens/s, "
           f"MFU {mfu}", flush=True)
 
+    if (gpu or args.compare_attention) and not args.no_compile:  # decoder layers compiled
+        try:
+            for unit in shard_units(policy.model):
+                unit.compile()
+            compiled = time_training(policy, prepared, tcfg, device, warmup=3, steps=steps)
+            results["sft_compiled"] = compiled
+            if compiled["tokens_per_s"] > sft["tokens_per_s"]:
+                results.update(tokens_per_s=compiled["tokens_per_s"], mfu=compiled["mfu"],
+                               peak_mem_gb=compiled["peak_mem_gb"], compiled=True)
+            print(f"  compiled: {compiled['tokens_per_s']:,.0f} tokens/s, MFU "
+                  f"{100 * (compiled['mfu'] or 0):.1f} %", flush=True)
+        except Exception as exc:  # report, keep the eager figures
+            results["sft_compiled"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            print(f"  compile failed: {results['sft_compiled']['error'][:300]}", flush=True)
+        for unit in shard_units(policy.model):  # sampling runs eager (its shapes change)
+            unit._compiled_call_impl = None
+        torch.compiler.reset()
+
     if not args.skip_sampling:
         policy.model.eval()
         policy.model.lm.to(torch.bfloat16)  # sampling reads bf16 weights
         policy.model.requires_grad_(False)
         sample_eps = corpus(n_sample, min(n_sample, 1000))
+        if gpu or args.compare_attention:  # the stock attention path against the decode path
+            subset = sample_eps[: max(1, n_sample // 5)]
+            lm = policy.model.lm
+            lm.set_attn_implementation("sdpa")
+            stock = time_sampling(policy, subset, args.k, max_rows)
+            stock_out = policy.sample(subset, SampleConfig(k=args.k, max_rows=max_rows))
+            lm.set_attn_implementation(DECODE_ATTENTION)
+            fast = time_sampling(policy, subset, args.k, max_rows)
+            fast_out = policy.sample(subset, SampleConfig(k=args.k, max_rows=max_rows))
+            same = np.mean([float((a == b).all(-1).mean()) for a, b in zip(stock_out, fast_out)])
+            results["attention"] = {
+                "episodes": len(subset), "stock_sdpa_s": stock["sample_s"],
+                "decode_s": fast["sample_s"],
+                "speedup": stock["sample_s"] / max(fast["sample_s"], 1e-9),
+                "identical_frames_fraction": float(same)}
+            print(f"  decode attention vs stock on {len(subset)} episodes: "
+                  f"{fast['sample_s']:.1f} s vs {stock['sample_s']:.1f} s", flush=True)
         results["sample"] = time_sampling(policy, sample_eps, args.k, max_rows)
         results["sample_s"] = results["sample"]["sample_s"]
         print(f"  sample {args.k} x {n_sample} episodes: {results['sample_s']:.1f} s "

@@ -125,6 +125,44 @@ def word_tokens(transcript: list[dict] | None, n_frames: int, fps: float, tokeni
 # --- the model -----------------------------------------------------------------------------------
 
 
+DECODE_ATTENTION = "backchannel_decode"  # the attention the backbone runs with (see below)
+
+
+def _decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                      value: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any
+                      ) -> tuple[torch.Tensor, None]:
+    """The decoder's attention, with one fast path for closed-loop sampling on a GPU.
+
+    A sampling step feeds a few tokens after a long cache: every cached token is visible and the
+    new ones are causal among themselves -- the lower-right causal pattern. The stock path
+    builds an explicit mask for it, which rules out the flash kernel and, with grouped key/value
+    heads, copies the whole cache once per head group every layer and step. Here that pattern
+    goes to the flash kernel as it is (PyTorch's ``causal_lower_right``), grouped heads and all.
+    The policy never pads a row, so the mask holds nothing else. Everything else (training,
+    one-token steps, the CPU) is the stock SDPA path.
+    """
+    from torch.nn.attention.bias import causal_lower_right
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if not query.is_cuda or q_len == 1 or q_len == kv_len or kwargs.get("dropout", 0.0):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    out = F.scaled_dot_product_attention(query, key, value,
+                                         attn_mask=causal_lower_right(q_len, kv_len),
+                                         scale=kwargs.get("scaling"), enable_gqa=groups > 1)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@functools.lru_cache(maxsize=1)
+def _register_decode_attention() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(DECODE_ATTENTION, _decode_attention)
+    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+
+
 class BackboneCache:
     """The decoder's key/value cache and the frame each cached token belongs to."""
 
@@ -180,6 +218,8 @@ class BackboneVLA(ActionHeads, nn.Module):
                 target_modules=list(LORA_TARGETS), bias="none"))
         if cfg.grad_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _register_decode_attention()
+        lm.set_attn_implementation(DECODE_ATTENTION)
         self.lm = lm
         m = cfg.n_mels * cfg.mel_per_frame
         self.speaker_in = nn.Linear(width, d)

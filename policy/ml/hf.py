@@ -203,6 +203,10 @@ def load_pretrained(cls: Any, path: str | os.PathLike, *, kinds: Mapping[str, st
     if fixed:
         raise TypeError(f"load_pretrained sets {sorted(fixed)} itself")
     check_model_dir(path, kinds=kinds)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: unused tensors are checked below
     try:
         model, info = cls.from_pretrained(
             str(path), local_files_only=True, use_safetensors=True, dtype=dtype,
@@ -210,6 +214,8 @@ def load_pretrained(cls: Any, path: str | os.PathLike, *, kinds: Mapping[str, st
     except Exception as exc:  # any loader failure means this directory cannot be used
         raise _fail(path, f"loading it as {getattr(cls, '__name__', cls)} failed: "
                           f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         raise _fail(path, f"the weights lack {len(missing)} tensors of "
