@@ -166,7 +166,7 @@ def _train(run: TrainingRun, progress_hook: Any) -> PolicyVersion:
 
     nproc = _processes(run.config, train_cfg)
     with tempfile.TemporaryDirectory(prefix=f"run{run.pk}-") as tmp:
-        path = Path(tmp) / "policy.pt"
+        path = Path(tmp) / ("policy.shards" if train_cfg.fsdp else "policy.pt")
         if nproc:  # torchrun: rank 0 writes the checkpoint and progress lines, relayed here
             from policy.ml.train_dist import train_with_torchrun
 
@@ -190,6 +190,8 @@ def _train(run: TrainingRun, progress_hook: Any) -> PolicyVersion:
                 checkpoint_path=path,
                 progress=progress,
             )
+        if train_cfg.fsdp:  # shards from every process: one file for the registry
+            path = _consolidate(path, train_cfg, result.step)
         sha = file_sha256(path)
         blobs.put_blob(path.read_bytes(), "pt", sha=sha)
     where = f", {nproc} processes under torchrun" if nproc else ""
@@ -244,6 +246,17 @@ def _train(run: TrainingRun, progress_hook: Any) -> PolicyVersion:
         )
     logger.info("training run %s: version %s (%s)", run.pk, version.name, sha[:12])
     return version
+
+
+def _consolidate(shards: Path, train_cfg: Any, step: int) -> Path:
+    """A sharded checkpoint as one file (weights, configs, tokenizer; no optimiser state): what
+    a version stores and every sampler loads."""
+    from policy.ml.checkpoint import load_policy, save_checkpoint
+
+    whole = load_policy(shards)  # the shards gathered in this process
+    out = shards.with_name("policy.pt")
+    save_checkpoint(out, policy=whole, train_config=train_cfg, step=step)
+    return out
 
 
 def _version_config(model_cfg: Any, train_cfg: Any) -> dict:

@@ -70,3 +70,25 @@ def test_a_bad_backbone_is_refused_and_nothing_is_stored(corpus, tmp_path, monke
     with pytest.raises(TrainingError, match=reason):
         training_run_request(dataset=corpus, version_name="x", config=config, enqueue=False)
     assert not TrainingRun.objects.exists() and not PolicyVersion.objects.exists()
+
+
+def test_a_sharded_full_fine_tuning_run_registers_one_checkpoint_file(corpus, model_dir):
+    """Two gloo processes under torchrun shard the backbone (fsdp); the version stores the
+    shards gathered into one file that loads and samples in one process."""
+    config = _config("tiny-llama")
+    config["model"].update(lora_rank=0)  # full fine-tuning: every weight trained and sharded
+    config["train"].update(fsdp=True)
+    config.update(distributed=True, nproc=2)
+    run = training_run_request(dataset=corpus, version_name="fsdp", config=config,
+                               enqueue=False)
+    version = training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == JobStatus.SUCCEEDED, run.error
+    assert "2 processes under torchrun" in run.log
+    policy = load_version_policy(version, device="cpu")
+    assert policy.model.n_trainable() == policy.model.n_params()
+    episode = corpus.episodes.order_by("key").first()
+    from policy.selectors import episode_arrays
+
+    out = policy.sample(episode_arrays([episode]), k=2)
+    assert out[0].shape[0] == 2 and out[0].shape[1] == episode.n_frames
