@@ -56,7 +56,9 @@ def export_episodes(episodes: Sequence[Any], directory: str | Path, split: str) 
             if value is not None:
                 arrays[f"{i}.{name}"] = np.asarray(value)
         rows.append({"key": ep.key, "fps": ep.fps, "sample_rate": ep.sample_rate,
-                     "transcript": ep.transcript, "split": ep.split})
+                     "transcript": ep.transcript, "split": ep.split,
+                     "video_path": ep.video_path, "video_sha": ep.video_sha,
+                     "face_box": list(ep.face_box) if ep.face_box is not None else None})
     np.savez(directory / f"{split}.npz", **arrays)  # uncompressed: written and read once
     (directory / f"{split}.json").write_text(json.dumps(rows))
     return directory
@@ -73,6 +75,8 @@ def load_episodes(directory: str | Path, split: str) -> list[EpisodeData]:
         arrays = {name: npz[name] for name in npz.files}
     return [EpisodeData(key=r["key"], fps=r["fps"], sample_rate=r["sample_rate"],
                         transcript=r["transcript"], split=r["split"],
+                        video_path=r.get("video_path"), video_sha=r.get("video_sha") or "",
+                        face_box=tuple(r["face_box"]) if r.get("face_box") else None,
                         **{name: arrays.get(f"{i}.{name}") for name in ARRAYS})
             for i, r in enumerate(rows)]
 

@@ -238,11 +238,14 @@ def test_launch_environment_keeps_multicast_off():
 
 
 def test_exported_episodes_come_back_unchanged(tmp_path, episodes):
-    export_episodes(episodes[:3], tmp_path, "train")
+    eps = [dataclasses.replace(episodes[0], video_path="/v/speaker.mp4", video_sha="ab" * 32,
+                               face_box=(1, 2, 30, 40)), *episodes[1:3]]
+    export_episodes(eps, tmp_path, "train")
     back = load_episodes(tmp_path, "train")
     assert load_episodes(tmp_path, "val") == []
-    for a, b in zip(episodes[:3], back, strict=True):
+    for a, b in zip(eps, back, strict=True):
         assert (a.key, a.fps, a.sample_rate, a.transcript, a.split) == \
             (b.key, b.fps, b.sample_rate, b.transcript, b.split)
+        assert (a.video_path, a.video_sha, a.face_box) == (b.video_path, b.video_sha, b.face_box)
         assert np.array_equal(a.speaker, b.speaker) and np.array_equal(a.listener, b.listener)
         assert np.array_equal(a.audio, b.audio) and a.speaker.dtype == b.speaker.dtype
