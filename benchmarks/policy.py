@@ -11,9 +11,15 @@ default ``ModelConfig`` (bf16 autocast on CUDA), and model FLOP utilisation = fr
 run with fp32 (no autocast).
 
 Sampling: seconds to draw K = 8 candidates for each of N synthetic episodes (default 10,000 on
-CUDA, 100 on CPU), closed loop with the key/value cache, feature preparation timed apart. Compared
-with the naive loop (re-running the whole prefix every chunk, no cache) on a subset, as a ratio.
-Timing does not depend on the weights, so the policy is the one the training measurement leaves.
+CUDA, 100 on CPU), closed loop, by both engines on the same prepared episodes: the static engine
+(``policy.ml.fastsample``: fixed shapes, its step replayed from a CUDA graph; the default on CUDA,
+``sample_s``) and the loop engine (a growing key/value cache, ``sample_s_loop``), as a ratio, with
+the share of episodes whose candidates the two drew identically (1.0 on the CPU, where they agree
+bit for bit; on CUDA a bin flipped by bf16 rounding sends an episode's closed loop elsewhere) and
+the static engine's peak GPU memory. Feature preparation (``Policy.prepare``) is timed apart.
+Also compared with the naive loop (re-running the whole prefix every chunk, no cache) on a subset,
+as a ratio. Timing does not depend on the weights, so the policy is the one the training
+measurement leaves.
 
 Results: benchmarks/results/policy-<device>.json (or ``--out``).
 """
@@ -32,7 +38,7 @@ from benchmarks.common import machine_info, write_results
 from policy.ml.config import ModelConfig, SampleConfig, TrainConfig
 from policy.ml.data import EpisodeData, Prepared, episode_from
 from policy.ml.policy import Policy
-from policy.ml.sample import pick_bins, sampling_noise
+from policy.ml.sample import pick_bins, sample_prepared, sampling_noise
 from policy.ml.train import Trainer, autocast, train
 from policy.synthetic import generate_episode
 
@@ -122,40 +128,55 @@ def naive_sample(policy: Policy, group: Sequence[Prepared], cfg: SampleConfig) -
     sync(device)
 
 
-def bench_sampling(policy: Policy, episodes: Sequence[EpisodeData], k: int, max_rows: int,
-                   naive_episodes: int) -> dict:
+def timed_sample(policy: Policy, prepared: Sequence[Prepared], cfg: SampleConfig,
+                 ) -> tuple[list[np.ndarray], float]:
     device = policy.device
-    cfg = SampleConfig(k=k, max_rows=max_rows)
+    sync(device)
+    t0 = time.perf_counter()
+    out = sample_prepared(policy.model, policy.tokenizer, prepared, cfg)
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def bench_sampling(policy: Policy, episodes: Sequence[EpisodeData], k: int, max_rows: int,
+                   loop_max_rows: int, naive_episodes: int) -> dict:
+    device = policy.device
     t0 = time.perf_counter()
     _, prepared = policy.prepare(episodes)
     prep_s = time.perf_counter() - t0
-    policy.sample(episodes[: min(len(episodes), max(1, max_rows // k))], cfg)  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    out = policy.sample(episodes, cfg)
-    sync(device)
-    total_s = time.perf_counter() - t0
-    frames = sum(o.shape[0] * o.shape[1] for o in out)
-    # Same subset both ways (audio and text off in the naive loop's inputs cost nothing here:
-    # the model's time is in the transformer and the heads).
+
+    static_cfg = SampleConfig(k=k, max_rows=max_rows, engine="static")
+    loop_cfg = SampleConfig(k=k, max_rows=loop_max_rows, engine="loop")
+    warm = prepared[: max(1, min(len(prepared), 64 // k))]  # kernels, handles, graph pools
+    sample_prepared(policy.model, policy.tokenizer, warm, static_cfg)
+    sample_prepared(policy.model, policy.tokenizer, warm, loop_cfg)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    static, static_s = timed_sample(policy, prepared, static_cfg)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    loop, loop_s = timed_sample(policy, prepared, loop_cfg)
+    same = [np.array_equal(a, b) for a, b in zip(static, loop, strict=True)]
+    frames = sum(o.shape[0] * o.shape[1] for o in static)
+
+    # The naive loop on a subset, against the default engine (static on CUDA, loop on the CPU).
     sub = prepared[:naive_episodes]
-    subset_eps = episodes[:naive_episodes]
-    sync(device)
+    _, cached_s = timed_sample(policy, sub, SampleConfig(k=k))
     t0 = time.perf_counter()
-    policy.sample(subset_eps, cfg)
-    sync(device)
-    cached_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for s in range(0, len(sub), max(1, max_rows // k)):
-        naive_sample(policy, sub[s : s + max(1, max_rows // k)], cfg)
+    for s in range(0, len(sub), max(1, loop_max_rows // k)):
+        naive_sample(policy, sub[s : s + max(1, loop_max_rows // k)], loop_cfg)
     naive_s = time.perf_counter() - t0
     return {
-        "episodes": len(episodes), "k": k, "max_rows": max_rows,
+        "episodes": len(episodes), "k": k, "max_rows": max_rows, "loop_max_rows": loop_max_rows,
+        "engine": "static",
         "mean_frames": float(np.mean([e.n_frames for e in episodes])),
         "prepare_features_s": prep_s,
-        "sample_s_including_features": total_s,
-        "sample_s": max(total_s - prep_s, 0.0),
-        "candidate_frames_per_s": frames / max(total_s - prep_s, 1e-9),
+        "sample_s_including_features": static_s + prep_s,
+        "sample_s": static_s,
+        "candidate_frames_per_s": frames / max(static_s, 1e-9),
+        "sample_s_loop": loop_s,
+        "speedup_static_vs_loop": loop_s / max(static_s, 1e-9),
+        "static_equals_loop_fraction": float(np.mean(same)),
+        "static_peak_gpu_memory_gb": peak / 2**30 if peak is not None else None,
         "naive_subset_episodes": len(sub), "cached_subset_s": cached_s, "naive_subset_s": naive_s,
         "speedup_vs_naive": naive_s / max(cached_s, 1e-9),
     }
@@ -169,7 +190,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--k", type=int, default=8, help="candidates per episode")
     ap.add_argument("--steps", type=int, default=None, help="timed training steps")
     ap.add_argument("--batch-size", type=int, default=None, help="training windows per step")
-    ap.add_argument("--max-rows", type=int, default=None, help="episodes x k rows per pass")
+    ap.add_argument("--max-rows", type=int, default=None,
+                    help="episodes x k rows per pass of the static engine "
+                         "(default 16384 on CUDA, 256 on CPU)")
+    ap.add_argument("--loop-max-rows", type=int, default=None,
+                    help="rows per pass of the loop engine (default 4096 on CUDA, 256 on CPU)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -179,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     n_sample = args.episodes or (10_000 if gpu else 100)
     steps = args.steps or (50 if gpu else 5)
     batch = args.batch_size or (128 if gpu else 16)
-    max_rows = args.max_rows or (4096 if gpu else 256)
+    max_rows = args.max_rows or (16384 if gpu else 256)
+    loop_max_rows = args.loop_max_rows or (4096 if gpu else 256)
     cfg = ModelConfig()  # the default (research) model, not the CPU demo one
     tcfg = TrainConfig(batch_size=batch, device=str(device), log_every=10**9)
     print(f"device {device}: generating episodes ...", flush=True)
@@ -198,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results["bf16_speedup"] = (results["train_bf16"]["frames_per_s"]
                                    / results["train_fp32"]["frames_per_s"])
     policy.model.eval()
-    results["sample"] = bench_sampling(policy, sample_eps, args.k, max_rows,
+    results["sample"] = bench_sampling(policy, sample_eps, args.k, max_rows, loop_max_rows,
                                        naive_episodes=min(n_sample, 64 if gpu else 4))
 
     print(f"\n{'measurement':<36}{'value':>16}")
@@ -212,8 +238,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(f"{'  MFU (' + r['device_name'][:20] + ')':<36}{mfu:>16}")
     s = results["sample"]
     label = f"sample K={s['k']} for {s['episodes']} episodes (s)"
-    print(f"{label:<36}{s['sample_s']:>16.1f}")
-    print(f"{'  + feature preparation (s)':<36}{s['prepare_features_s']:>16.1f}")
+    print(f"{label:<36}{s['sample_s']:>16.2f}")
+    print(f"{'  loop engine (s)':<36}{s['sample_s_loop']:>16.2f}")
+    print(f"{'  static vs loop (x faster)':<36}{s['speedup_static_vs_loop']:>16.1f}")
+    print(f"{'  episodes drawn identically':<36}{s['static_equals_loop_fraction']:>16.2f}")
+    print(f"{'  + feature preparation (s)':<36}{s['prepare_features_s']:>16.2f}")
     print(f"{'  cache vs naive loop (x faster)':<36}{s['speedup_vs_naive']:>16.1f}")
     out = write_results(f"policy-{device.type}", results, args.out)
     print(f"\nwrote {out}")

@@ -8,14 +8,22 @@ nucleus -- by inverting its CDF *in bin order* at a uniform number. The uniforms
 generator seeded by (seed, episode key), so an episode's candidates depend only on the policy, the
 seed and the sampling settings, not on which other episodes share the batch.
 
+Two engines run the loop. ``"loop"`` (:func:`_sample_group`, here) grows a key/value cache step
+by step; ``"static"`` (:func:`policy.ml.fastsample.sample_group_static`) keeps every shape fixed,
+so that CUDA replays its step from a graph. They draw the same candidates: bit for bit on the
+CPU; on CUDA up to bf16 rounding, where one bin flipped by it sends an episode's closed loop
+elsewhere (the same holds there between passes of different sizes, whose kernels differ).
+``SampleConfig.engine="auto"`` takes the static engine on CUDA and the loop on the CPU, where the
+static engine has nothing to gain.
+
 This module samples from a model and its tokenizer on prepared inputs; ``Policy.sample`` (in
 ``policy``) checks and prepares episodes and calls :func:`sample_prepared`. It does not import
-``policy``, so the import graph stays acyclic.
+``policy``, so the import graph stays acyclic; the draws both engines share live in
+``fastsample`` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,54 +32,15 @@ import torch
 from .config import SampleConfig
 from .data import Prepared, pad_stack
 from .device import autocast
+from .fastsample import STATIC_CUDA_ROWS, sample_passes_static, supports_static
+from .fastsample import episode_seed as episode_seed  # re-exported: callers import it from here
+from .fastsample import pick_bins as pick_bins
+from .fastsample import sampling_noise as sampling_noise
 from .model import VLA
 from .tokenizer import ActionTokenizer
 
 CPU_SINGLE_THREAD_ROWS = 512  # CPU passes with fewer rows (episodes x K) run on one thread
-
-
-def episode_seed(seed: int, key: str) -> int:
-    """A 63-bit seed for one episode's draws (stable across processes and machines)."""
-    digest = hashlib.sha256(f"{int(seed)}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def pick_bins(logits: torch.Tensor, u: torch.Tensor, temperature: float,
-              top_p: float) -> torch.Tensor:
-    """Bin ids (...,) from logits (..., K) and uniforms u (...,) in [0, 1)."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (..., K)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < top_p  # the top bin is always kept
-        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-        probs = probs * keep
-    cdf = probs.cumsum(-1)  # (..., K), in bin order so equal u means equal quantile
-    target = u[..., None] * cdf[..., -1:]
-    return (cdf <= target).sum(-1).clamp(max=probs.shape[-1] - 1)
-
-
-def sampling_noise(group: Sequence[Prepared], cfg: SampleConfig, chunk: int,
-                   chol: torch.Tensor, length: int) -> torch.Tensor:
-    """(E * K, T, D) uniforms for inverse-CDF sampling, row = episode * K + candidate.
-
-    Normals from each episode's own generator, correlated across dimensions through ``chol``
-    (when ``couple_dims``), one draw per chunk (``noise="chunk"``) or per frame, mapped to [0, 1)
-    by the normal CDF.
-    """
-    k, width = cfg.k, chol.shape[0]
-    u = torch.zeros(len(group), k, length, width)  # (E, K, T, D)
-    for i, p in enumerate(group):
-        g = torch.Generator().manual_seed(episode_seed(cfg.seed, p.key))
-        n_draws = -(-p.n_frames // chunk) if cfg.noise == "chunk" else p.n_frames
-        z = torch.randn((k, n_draws, width), generator=g)  # (K, n, D)
-        if cfg.couple_dims:
-            z = z @ chol.T  # rows ~ N(0, chol chol^T)
-        if cfg.noise == "chunk":  # every frame of a chunk uses its chunk's draw
-            z = z.repeat_interleave(chunk, dim=1)[:, : p.n_frames]
-        u[i, :, : p.n_frames] = 0.5 * (1 + torch.erf(z / 2**0.5))
-    return u.flatten(0, 1).clamp(0.0, 1.0 - 1e-7)
+LOOP_ROWS = 2048  # default rows (episodes x K) of a pass, but for the static engine on CUDA
 
 
 @torch.no_grad()
@@ -116,6 +85,25 @@ def _sample_group(model: VLA, tok: ActionTokenizer, group: Sequence[Prepared],
     return [values[i, :, : p.n_frames].copy() for i, p in enumerate(group)]
 
 
+def sample_engine(model: torch.nn.Module, cfg: SampleConfig) -> str:
+    """The engine that samples ``model`` under ``cfg``: ``"loop"`` or ``"static"``."""
+    device = next(model.parameters()).device
+    if cfg.engine == "static" and not supports_static(model):
+        raise ValueError(f"SampleConfig.engine='static' runs the small transformer (VLA), not "
+                         f"{type(model).__name__}: use engine='loop' or 'auto'")
+    if cfg.engine == "auto":
+        return "static" if device.type == "cuda" and supports_static(model) else "loop"
+    return cfg.engine
+
+
+def rows_per_pass(cfg: SampleConfig, engine: str, device: torch.device) -> int:
+    """``cfg.max_rows``, or by default 2048 -- and 16384 for the static engine on CUDA, whose
+    larger passes save per-pass costs (graph capture, inputs) at bounded memory."""
+    if cfg.max_rows is not None:
+        return cfg.max_rows
+    return STATIC_CUDA_ROWS if engine == "static" and device.type == "cuda" else LOOP_ROWS
+
+
 def sample_prepared(model: VLA, tokenizer: ActionTokenizer, prepared: Sequence[Prepared],
                     cfg: SampleConfig) -> list[np.ndarray]:
     """``cfg.k`` candidates for each prepared episode: a list of ``(K, T_i, D)`` float32 arrays,
@@ -123,23 +111,27 @@ def sample_prepared(model: VLA, tokenizer: ActionTokenizer, prepared: Sequence[P
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    engine = sample_engine(model, cfg)
     # Longest first, so each pass pads little; as many episodes per pass as max_rows allows.
     order = sorted(range(len(prepared)), key=lambda i: -prepared[i].n_frames)
-    per_pass = max(1, cfg.max_rows // cfg.k)
+    per_pass = max(1, rows_per_pass(cfg, engine, device) // cfg.k)
+    passes = [order[s : s + per_pass] for s in range(0, len(order), per_pass)]
+    groups = [[prepared[i] for i in idx] for idx in passes]
+    results = (sample_passes_static(model, tokenizer, groups, cfg) if engine == "static"
+               else (_sample_group(model, tokenizer, group, cfg) for group in groups))
     out: list[np.ndarray | None] = [None] * len(prepared)
     threads = torch.get_num_threads()
     try:
-        for s in range(0, len(order), per_pass):
-            idx = order[s : s + per_pass]
+        for idx in passes:  # each pass runs when its results are asked for
             if device.type == "cpu" and len(idx) * cfg.k < CPU_SINGLE_THREAD_ROWS:
                 # A step of a small pass is hundreds of tiny kernels: worker threads spend more
                 # time meeting than working (20x slower with 2 threads on a busy 2-core box).
                 torch.set_num_threads(1)
-            group = [prepared[i] for i in idx]
-            for i, values in zip(idx, _sample_group(model, tokenizer, group, cfg)):
+            for i, values in zip(idx, next(results)):
                 out[i] = values
             torch.set_num_threads(threads)
     finally:
+        results.close()
         torch.set_num_threads(threads)
         model.train(was_training)
     return out  # type: ignore[return-value]
