@@ -55,9 +55,12 @@ def log_mel(audio: np.ndarray | torch.Tensor, sample_rate: int, n_frames: int, f
     sub = torch.arange(n_frames * per_frame, dtype=torch.float64)  # window index, (F,)
     ends_s = (sub + 1) / (per_frame * fps) - 1.0 / fps  # (F,) seconds
     ends = torch.round(ends_s * sample_rate).long()  # (F,) sample index (exclusive)
-    # Pad the waveform with n_fft silent samples on the left so every window index is >= 0.
-    padded = torch.cat([torch.zeros(n_fft), wave, torch.zeros(n_fft)])
-    idx = (ends[:, None] + torch.arange(n_fft)[None, :]).clamp(0, len(padded) - 1)  # (F, n_fft)
+    # Window f covers padded[ends[f] : ends[f] + n_fft]: pad the waveform with silence on both
+    # sides far enough that every index is inside (no clamp over F x n_fft indices).
+    left = n_fft + max(0, -int(ends.min()))
+    right = max(n_fft, int(ends.max()) + 1 - len(wave))
+    padded = torch.cat([torch.zeros(left), wave, torch.zeros(right)])
+    idx = (ends + (left - n_fft))[:, None] + torch.arange(n_fft)[None, :]  # (F, n_fft)
     frames = padded[idx] * torch.hann_window(n_fft, periodic=True)[None, :]  # (F, n_fft)
     power = torch.fft.rfft(frames, dim=-1).abs() ** 2  # (F, n_fft // 2 + 1)
     mel = power @ mel_filterbank(int(sample_rate), n_fft, n_mels, float(fmax))  # (F, n_mels)

@@ -57,5 +57,8 @@ class Policy:
         ``policy.ml.sample.sample_prepared`` for how the draws are made.
         """
         cfg = dataclasses.replace(config or SampleConfig(), **overrides)
-        _, prepared = self.prepare(episodes)
+        eps = check_episodes(episodes, self.cfg, split="input", need_listener=False)
+        stats = self.model.input_stats()
+        prepared = [prepare_episode(dataclasses.replace(e, listener=None), self.cfg, stats,
+                                    self.tokenizer) for e in eps]  # no listener tokens needed
         return sample_prepared(self.model, self.tokenizer, prepared, cfg)
