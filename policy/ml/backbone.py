@@ -336,17 +336,33 @@ class BackboneVLA(ActionHeads, nn.Module):
         token_frame = torch.empty(length, dtype=torch.long, device=dev)
         token_frame[frame_at] = pos
         token_frame[slot_at] = pos[starts].repeat_interleave(w)
-        kv = None
+        kv = mask = None
         if cache is not None:
             cache.keep_after(pos.max() - cfg.context)
             kv = cache.kv
-        out = self.lm(inputs_embeds=seq, position_ids=token_pos[None].expand(b, -1),
+        elif int(pos.max() - pos.min()) >= cfg.context:
+            mask = self._window_mask(token_frame, dtype)[None, None].expand(b, 1, -1, -1)
+        out = self.lm(inputs_embeds=seq, attention_mask=mask,
+                      position_ids=token_pos[None].expand(b, -1),
                       past_key_values=kv, use_cache=cache is not None)
         if cache is not None:
             cache.frames = token_frame if cache.frames is None else torch.cat(
                 [cache.frames, token_frame])
         hidden = out.last_hidden_state[:, frame_at].to(frames.dtype)  # (B, T, d)
         return self.read_heads(hidden, batch, heads_at)
+
+    def _window_mask(self, token_frame: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(L, L) additive mask of one pass over a window longer than ``context`` frames: a
+        token sees the earlier tokens the sampler's trimmed cache holds at its step -- those of
+        frames after (the step's last frame) - context, a step ending at a block's first frame.
+        """
+        c = self.cfg.chunk
+        step_end = (token_frame + c - 1).div(c, rounding_mode="floor") * c  # (L,)
+        idx = torch.arange(len(token_frame), device=token_frame.device)
+        seen = (idx[None, :] <= idx[:, None]) & (
+            token_frame[None, :] > step_end[:, None] - self.cfg.context)
+        return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(
+            ~seen, torch.finfo(dtype).min)
 
     # --- accounting, for the benchmark ----------------------------------------------------------
     def flops_per_frame(self, training: bool = True, head_fraction: float = 1.0) -> float:

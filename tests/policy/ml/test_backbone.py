@@ -104,6 +104,25 @@ def test_the_cache_gives_the_logits_of_one_full_pass(config):
     assert torch.allclose(torch.cat(outs, dim=1), full, atol=1e-4)
 
 
+def test_one_pass_over_a_long_window_sees_what_the_trimmed_cache_sees(config):
+    """DPO scores whole sequences in one pass: past ``context`` frames its mask keeps what the
+    sampler's cache keeps, so the two factorise the same distribution."""
+    cfg = dataclasses.replace(config, context=7)
+    model = _model(cfg)
+    batch = _batch(2, 25, cfg)
+    full = model(batch)
+    cache, outs, start = model.new_cache(), [], 0
+    for stop in range(1, 26, cfg.chunk):  # 1, 4, 7, ...: each step ends at a chunk start
+        pos = torch.arange(start, stop)
+        step = {k: (v[:, pos] if v.ndim > 1 else v) for k, v in batch.items()}
+        outs.append(model(step, pos=pos, cache=cache))
+        start = stop
+    heads = torch.arange(0, 25, cfg.chunk)  # where sampling and DPO read the heads
+    assert torch.allclose(torch.cat(outs, dim=1)[:, heads], full[:, heads], atol=1e-4)
+    unmasked = _model(dataclasses.replace(cfg, context=64))(batch)
+    assert not torch.allclose(unmasked[:, heads[-1]], full[:, heads[-1]], atol=1e-3)
+
+
 def test_the_cache_keeps_the_attention_window(config):
     cfg = dataclasses.replace(config, context=6)
     model = _model(cfg)
@@ -273,3 +292,25 @@ def test_speaker_video_files_reach_the_policy_through_stored_encoder_features(
     n = len(calls)
     out = result.policy.sample(eps, k=2)  # prepares again: features come from the store
     assert len(calls) == n and out[0].shape == (2, eps[0].n_frames, 18)
+
+
+def test_dpo_scores_a_sampled_sequence_through_the_lora_adapters(config, episodes):
+    """Sequence log-probabilities (DPO's input) from the backbone: finite, higher for the
+    policy's own greedy answer than for a shuffled one, gradients only on trained weights."""
+    from policy.ml.preference import sequence_logprob
+
+    cfg = dataclasses.replace(config, lora_rank=4)
+    policy = train(episodes[:2], cfg, dataclasses.replace(TRAIN, max_steps=2)).policy
+    _, prep = policy.prepare(episodes[2:3])
+    greedy = policy.tokenizer.encode(torch.as_tensor(
+        policy.sample(episodes[2:3], k=1, temperature=0)[0][0]))
+    shuffled = greedy[torch.randperm(len(greedy), generator=torch.Generator().manual_seed(0))]
+    policy.model.train()
+    logp, n = sequence_logprob(policy.model, prep * 2, [greedy, shuffled],
+                               tokenizer=policy.tokenizer)
+    assert torch.isfinite(logp).all() and int(n[0]) == greedy.numel()
+    assert logp[0] > logp[1]
+    logp.sum().backward()
+    grads = {name for name, p in policy.model.named_parameters() if p.grad is not None}
+    assert any("lora_" in g for g in grads)
+    assert not any(name.startswith("lm.") and "lora_" not in name for name in grads)
