@@ -135,7 +135,9 @@ _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 _DIGEST_LOCK = threading.Lock()
 
 
-def _file_sha256(file: Path) -> str:
+def file_sha256(file: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, cached in this process by (path, size, mtime)."""
+    file = Path(file)
     st = file.stat()
     key = (str(file.resolve()), st.st_size, st.st_mtime_ns)
     with _DIGEST_LOCK:
@@ -161,7 +163,7 @@ def model_dir_sha256(path: str | os.PathLike) -> str:
     files = sorted([path / CONFIG, *weight_files(path)], key=lambda p: p.name)
     h = hashlib.sha256()
     for file in files:
-        h.update(f"{file.name}\0{_file_sha256(file)}\n".encode())
+        h.update(f"{file.name}\0{file_sha256(file)}\n".encode())
     return h.hexdigest()
 
 

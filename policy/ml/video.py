@@ -34,7 +34,14 @@ import torch
 
 from .device import autocast, pick_device
 from .errors import PolicyDataError
-from .hf import ModelDirError, check_model_dir, load_pretrained, model_dir_sha256, resolve_model_dir
+from .hf import (
+    ModelDirError,
+    check_model_dir,
+    file_sha256,
+    load_pretrained,
+    model_dir_sha256,
+    resolve_model_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -430,14 +437,6 @@ def load_vision_encoder(spec: str, *, device: str | torch.device = "auto",
 # --- feature store -------------------------------------------------------------------------
 
 FEATURE_FORMAT = 1  # bump when decoding changes what a key's features are
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(8 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def feature_key(*, video_sha: str, encoder_sha: str, fps: float, image_size: int,
