@@ -59,7 +59,7 @@ from .data import (
 )
 from .device import autocast, pick_device
 from .errors import CheckpointError
-from .model import Block, video_input
+from .model import Block, text_input, video_input
 from .prefdata import HEADS, Comparison
 from .tokenizer import ActionTokenizer
 
@@ -165,12 +165,7 @@ class Critic(nn.Module):
         mc, d = model_config, config.d_model
         self.speaker_in = nn.Linear(width, d)
         self.audio_in = nn.Linear(mc.n_mels * mc.mel_per_frame, d) if mc.use_audio else None
-        if not mc.use_text:
-            self.text_in = None
-        elif mc.text_encoder == "hashed":
-            self.text_in = nn.Embedding(mc.text_vocab, d, padding_idx=0)  # id 0: no word
-        else:
-            self.text_in = nn.Linear(mc.text_dim, d, bias=False)  # zero vector: no word
+        self.text_in = text_input(mc, d)
         self.video_in = video_input(mc, d)
         self.listener_in = nn.Linear(2 * width, d)  # position and change of each frame
         self.stride = config.frame_stride

@@ -194,6 +194,17 @@ class VisionProjection(nn.Module):
         return self.proj(features.to(self.proj.weight.dtype))
 
 
+def text_input(cfg: ModelConfig, d: int) -> nn.Module | None:
+    """The word input of a small policy or critic of width ``d``: None without words, an
+    embedding of hashed ids (id 0: no word), or a map of a registered encoder's vectors (a zero
+    vector: no word)."""
+    if not cfg.use_text:
+        return None
+    if cfg.text_encoder == "hashed":
+        return nn.Embedding(cfg.text_vocab, d, padding_idx=0)
+    return nn.Linear(cfg.text_dim, d, bias=False)
+
+
 def video_input(cfg: ModelConfig, d: int) -> nn.Module | None:
     """The speaker-video input of a policy or critic of width ``d``: None without video, a
     projection of precomputed features with a pretrained encoder, else the small conv net."""
@@ -293,12 +304,7 @@ class VLA(ActionHeads, nn.Module):
         d, m = cfg.d_model, cfg.n_mels * cfg.mel_per_frame
         self.speaker_in = nn.Linear(width, d)
         self.audio_in = nn.Linear(m, d) if cfg.use_audio else None
-        if not cfg.use_text:
-            self.text_in = None
-        elif cfg.text_encoder == "hashed":
-            self.text_in = nn.Embedding(cfg.text_vocab, d, padding_idx=0)  # id 0: no word
-        else:
-            self.text_in = nn.Linear(cfg.text_dim, d, bias=False)  # zero vector: no word
+        self.text_in = text_input(cfg, d)
         self.video_in = video_input(cfg, d)
         self.listener_in = nn.Linear(width, d)
         self.start = nn.Parameter(torch.zeros(d))  # stands in for the action before frame 0
