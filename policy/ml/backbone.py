@@ -170,13 +170,13 @@ class BackboneCache:
         from transformers import DynamicCache
 
         self.kv = DynamicCache()
-        self.frames: torch.Tensor | None = None  # (S,)
+        self.frames: torch.Tensor | None = None  # (S,) on the host
 
-    def keep_after(self, frame: torch.Tensor) -> None:
+    def keep_after(self, frame: int) -> None:
         """Forget the cached tokens of frames <= ``frame`` (they left the attention window)."""
         if self.frames is None:
             return
-        drop = int((self.frames <= frame).sum())  # tokens are in frame order
+        drop = int((self.frames <= frame).sum())  # tokens are in frame order; a host tensor
         if drop:
             for layer in self.kv.layers:
                 layer.keys = layer.keys[:, :, drop:]
@@ -310,46 +310,56 @@ class BackboneVLA(ActionHeads, nn.Module):
         word slots goes before every frame that is a multiple of ``chunk``. With a cache the
         tokens extend the cached ones, and the cache keeps ``context`` frames.
         """
-        cfg, w = self.cfg, self.cfg.text_slots
+        cfg = self.cfg
         frames = self.embed_frames(batch)  # (B, T, d)
         b, t, d = frames.shape
         dev = frames.device
-        if pos is None:
-            pos = torch.arange(t, device=dev)
-        is_start = pos % cfg.chunk == 0  # (T,)
-        starts = torch.nonzero(is_start).flatten()  # (N,) window frames that open a block
-        slots = self.embed_slots(batch.get("text"), starts, b)  # (B, N, W, d)
-        n = len(starts)
-        # Where each frame and each slot sits in the sequence, and its absolute token position.
-        blocks_so_far = is_start.long().cumsum(0)  # (T,) blocks opened at or before the frame
-        frame_at = torch.arange(t, device=dev) + w * blocks_so_far  # (T,)
-        slot_at = (frame_at[starts][:, None] - w + torch.arange(w, device=dev)).flatten()
-        length = t + w * n
+        # The layout is index arithmetic on a few hundred frame numbers: done on the host, it
+        # costs the GPU nothing and waits for nothing (one copy of ``pos`` when it is given).
+        host = torch.arange(t) if pos is None else pos.cpu()
+        layout = self._layout(host)
+        slots = self.embed_slots(batch.get("text"), layout["starts"].to(dev), b)  # (B, N, W, d)
+        frame_at, slot_at = layout["frame_at"].to(dev), layout["slot_at"].to(dev)
         dtype = next(self.lm.parameters()).dtype
-        seq = frames.new_empty(b, length, d, dtype=dtype)
+        seq = frames.new_empty(b, t + len(slot_at), d, dtype=dtype)
         seq[:, frame_at] = frames.to(dtype)
-        seq[:, slot_at] = slots.reshape(b, n * w, d).to(dtype)
-        token_pos = torch.empty(length, dtype=torch.long, device=dev)
-        token_pos[frame_at] = pos + w * (pos.div(cfg.chunk, rounding_mode="floor") + 1)
-        block_pos = pos[starts] + w * pos[starts].div(cfg.chunk, rounding_mode="floor")
-        token_pos[slot_at] = (block_pos[:, None] + torch.arange(w, device=dev)).flatten()
-        token_frame = torch.empty(length, dtype=torch.long, device=dev)
-        token_frame[frame_at] = pos
-        token_frame[slot_at] = pos[starts].repeat_interleave(w)
+        seq[:, slot_at] = slots.reshape(b, len(slot_at), d).to(dtype)
         kv = mask = None
         if cache is not None:
-            cache.keep_after(pos.max() - cfg.context)
+            cache.keep_after(int(host.max()) - cfg.context)
             kv = cache.kv
-        elif int(pos.max() - pos.min()) >= cfg.context:
-            mask = self._window_mask(token_frame, dtype)[None, None].expand(b, 1, -1, -1)
+        elif int(host.max() - host.min()) >= cfg.context:
+            mask = self._window_mask(layout["frame"].to(dev), dtype)[None, None].expand(
+                b, 1, -1, -1)
         out = self.lm(inputs_embeds=seq, attention_mask=mask,
-                      position_ids=token_pos[None].expand(b, -1),
+                      position_ids=layout["position"].to(dev)[None].expand(b, -1),
                       past_key_values=kv, use_cache=cache is not None)
         if cache is not None:
-            cache.frames = token_frame if cache.frames is None else torch.cat(
-                [cache.frames, token_frame])
+            cache.frames = layout["frame"] if cache.frames is None else torch.cat(
+                [cache.frames, layout["frame"]])
         hidden = out.last_hidden_state[:, frame_at].to(frames.dtype)  # (B, T, d)
         return self.read_heads(hidden, batch, heads_at)
+
+    def _layout(self, pos: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Where the frames ``pos`` (T,) and their word slots sit in the sequence: ``starts``
+        (N,) the window frames that open a block, ``frame_at`` (T,) and ``slot_at`` (N * W,)
+        their sequence indices, and per token its absolute ``position`` and its ``frame``."""
+        c, w = self.cfg.chunk, self.cfg.text_slots
+        is_start = pos % c == 0
+        starts = torch.nonzero(is_start).flatten()
+        frame_at = torch.arange(len(pos)) + w * is_start.long().cumsum(0)
+        offsets = torch.arange(w)
+        slot_at = (frame_at[starts][:, None] - w + offsets).flatten()
+        length = len(pos) + len(slot_at)
+        position = torch.empty(length, dtype=torch.long)
+        position[frame_at] = pos + w * (pos.div(c, rounding_mode="floor") + 1)
+        block = pos[starts] + w * pos[starts].div(c, rounding_mode="floor")
+        position[slot_at] = (block[:, None] + offsets).flatten()
+        frame = torch.empty(length, dtype=torch.long)
+        frame[frame_at] = pos
+        frame[slot_at] = pos[starts].repeat_interleave(w)
+        return {"starts": starts, "frame_at": frame_at, "slot_at": slot_at,
+                "position": position, "frame": frame}
 
     def _window_mask(self, token_frame: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(L, L) additive mask of one pass over a window longer than ``context`` frames: a
