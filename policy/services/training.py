@@ -50,10 +50,10 @@ def _configs(config: dict) -> tuple[Any, Any]:
         model_cfg, train_cfg = preset_configs(config.get("preset", "demo"), model, train)
         if model_cfg.backbone:
             check_model_dir(resolve_model_dir(model_cfg.backbone), kinds=BACKBONES)
-        if model_cfg.use_video and model_cfg.vision_encoder:
-            from policy.ml.video import load_vision_encoder
+        if model_cfg.use_video and model_cfg.vision_encoder:  # checked, not loaded, here
+            from policy.ml.video import VISION_KINDS
 
-            load_vision_encoder(model_cfg.vision_encoder)
+            check_model_dir(resolve_model_dir(model_cfg.vision_encoder), kinds=VISION_KINDS)
     except (PresetError, PolicyDataError) as exc:
         raise TrainingError(str(exc)) from exc
     return model_cfg, train_cfg

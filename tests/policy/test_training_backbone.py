@@ -92,3 +92,11 @@ def test_a_sharded_full_fine_tuning_run_registers_one_checkpoint_file(corpus, mo
 
     out = policy.sample(episode_arrays([episode]), k=2)
     assert out[0].shape[0] == 2 and out[0].shape[1] == episode.n_frames
+
+
+def test_a_bad_vision_encoder_is_refused_when_the_run_is_requested(corpus, model_dir):
+    config = _config("tiny-llama")
+    config["model"].update(use_video=True, vision_encoder="no-such-encoder", vision_dim=8)
+    with pytest.raises(TrainingError, match="does not exist"):
+        training_run_request(dataset=corpus, version_name="v", config=config, enqueue=False)
+    assert not TrainingRun.objects.exists()

@@ -242,10 +242,17 @@ def test_a_qwen2_backbone_works_the_same(episodes, tmp_path):
     assert out[0].shape == (2, episodes[2].n_frames, 18) and np.isfinite(out[0]).all()
 
 
-def test_the_critic_reads_the_same_inputs_without_the_language_model(config):
-    critic = Critic(config.without_backbone(), 18, CriticConfig(d_model=16, n_layers=1,
-                                                                n_heads=2))
+def test_the_critic_reads_the_same_inputs_without_the_language_model(config, episodes):
+    from policy.ml.data import raw_features
+
+    small = config.without_backbone()
+    assert not small.backbone and small.chunk == config.chunk
+    critic = Critic(small, 18, CriticConfig(d_model=16, n_layers=1, n_heads=2))
     assert isinstance(critic.text_in, torch.nn.Embedding)  # words as hashed ids
+    words = raw_features(episodes[0], small)["text"]
+    assert words.shape == (episodes[0].n_frames,) and int(words.max()) < small.text_vocab
+    tokens = raw_features(episodes[0], config)["text"]  # the policy's: the backbone's tokens
+    assert tokens.shape == (episodes[0].n_frames, config.text_slots)
 
 
 @pytest.mark.parametrize("case", ["missing", "no-config", "unsupported", "pickle"])
