@@ -114,7 +114,7 @@ def load_sharded_model(path: str | os.PathLike, model: nn.Module) -> None:
     group): what sampling and registration need."""
     import torch.distributed.checkpoint as dcp
 
-    state = {"model": {k: v for k, v in model.state_dict().items()}}
+    state = {"model": dict(model.state_dict())}
     dcp.load(state, checkpoint_id=str(path))
     model.load_state_dict(state["model"])
 
