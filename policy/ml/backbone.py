@@ -163,13 +163,85 @@ def _register_decode_attention() -> None:
     AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
 
 
-class BackboneCache:
-    """The decoder's key/value cache and the frame each cached token belongs to."""
+@functools.lru_cache(maxsize=1)
+def _window_layer_class() -> type:
+    """The cache layer the backbone samples with (transformers is imported lazily)."""
+    from transformers.cache_utils import DynamicLayer
 
-    def __init__(self) -> None:
+    class WindowLayer(DynamicLayer):
+        """A decoder layer's keys and values in a preallocated buffer: ``keys`` and ``values``
+        are views of its span ``[lo, hi)``. A step writes after ``hi`` and forgetting the oldest
+        tokens moves ``lo``: no copy per step, where the stock layer concatenates the whole
+        cache every step (34 GB a step for 2,048 rows of a 1 B model's window). When the end is
+        reached the span moves back to the front, once per ``slack`` tokens. The keys stay in
+        position order, contiguous per head, so the attention kernels see what they saw."""
+
+        def __init__(self, capacity: int) -> None:
+            super().__init__()
+            self.capacity, self.lo, self.hi = capacity, 0, 0
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor
+                                ) -> None:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            b, h, _, d = key_states.shape
+            self._k = key_states.new_empty(b, h, self.capacity, d)
+            self._v = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
+            self.is_initialized = True
+            self._expose()
+
+        def _expose(self) -> None:
+            self.keys = self._k[:, :, self.lo : self.hi]
+            self.values = self._v[:, :, self.lo : self.hi]
+
+        def forget(self, n: int) -> None:
+            """Drop the ``n`` oldest tokens."""
+            self.lo = min(self.lo + n, self.hi)
+            self._expose()
+
+        def _make_room(self, n: int) -> None:
+            kept = self.hi - self.lo
+            if kept + n > self.capacity:  # a longer step than planned for: a larger buffer
+                self.capacity = (kept + n) * 5 // 4
+                k, v = self._k[:, :, self.lo : self.hi], self._v[:, :, self.lo : self.hi]
+                self.lazy_initialization(k, v)
+                self._k[:, :, :kept], self._v[:, :, :kept] = k, v
+            else:  # move the span to the front in pieces no longer than the gap: no overlap
+                for s in range(0, kept, self.lo):
+                    e = min(s + self.lo, kept)
+                    self._k[:, :, s:e] = self._k[:, :, self.lo + s : self.lo + e]
+                    self._v[:, :, s:e] = self._v[:, :, self.lo + s : self.lo + e]
+            self.lo, self.hi = 0, kept
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            if self.hi + n > self.capacity:
+                self._make_room(n)
+            self._k[:, :, self.hi : self.hi + n] = key_states
+            self._v[:, :, self.hi : self.hi + n] = value_states
+            self.hi += n
+            self._expose()
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.hi - self.lo if self.is_initialized else 0
+
+    return WindowLayer
+
+
+class BackboneCache:
+    """The decoder's key/value cache and the frame each cached token belongs to.
+
+    Each layer keeps its window in a fixed buffer of ``capacity`` tokens (grown if a step needs
+    more): what the attention window holds plus room to append before moving back."""
+
+    def __init__(self, capacity: int = 1024) -> None:
         from transformers import DynamicCache
 
-        self.kv = DynamicCache()
+        self.kv = DynamicCache()  # its layers, made as the decoder first writes them: ours
+        self.kv.layer_class_to_replicate = functools.partial(_window_layer_class(), capacity)
         self.frames: torch.Tensor | None = None  # (S,) on the host
 
     def keep_after(self, frame: int) -> None:
@@ -179,8 +251,7 @@ class BackboneCache:
         drop = int((self.frames <= frame).sum())  # tokens are in frame order; a host tensor
         if drop:
             for layer in self.kv.layers:
-                layer.keys = layer.keys[:, :, drop:]
-                layer.values = layer.values[:, :, drop:]
+                layer.forget(drop)
             self.frames = self.frames[drop:]
 
 
@@ -246,7 +317,10 @@ class BackboneVLA(ActionHeads, nn.Module):
         return self.lm.get_input_embeddings()
 
     def new_cache(self) -> BackboneCache:
-        return BackboneCache()
+        cfg = self.cfg
+        block = cfg.chunk + cfg.text_slots  # tokens of a step: a block of slots, a chunk
+        window = cfg.context + cfg.chunk + (-(-cfg.context // cfg.chunk) + 2) * cfg.text_slots
+        return BackboneCache(window + max(window // 4, 2 * block))
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -315,11 +389,12 @@ class BackboneVLA(ActionHeads, nn.Module):
         b, t, d = frames.shape
         dev = frames.device
         # The layout is index arithmetic on a few hundred frame numbers: done on the host, it
-        # costs the GPU nothing and waits for nothing (one copy of ``pos`` when it is given).
+        # costs the GPU nothing and waits for nothing (the sampler passes ``pos`` on the host;
+        # one on the GPU is read back, which waits for the queued work).
         host = torch.arange(t) if pos is None else pos.cpu()
-        layout = self._layout(host)
-        slots = self.embed_slots(batch.get("text"), layout["starts"].to(dev), b)  # (B, N, W, d)
-        frame_at, slot_at = layout["frame_at"].to(dev), layout["slot_at"].to(dev)
+        layout = {k: (v, v.to(dev, non_blocking=True)) for k, v in self._layout(host).items()}
+        slots = self.embed_slots(batch.get("text"), layout["starts"][1], b)  # (B, N, W, d)
+        frame_at, slot_at = layout["frame_at"][1], layout["slot_at"][1]
         dtype = next(self.lm.parameters()).dtype
         seq = frames.new_empty(b, t + len(slot_at), d, dtype=dtype)
         seq[:, frame_at] = frames.to(dtype)
@@ -329,14 +404,14 @@ class BackboneVLA(ActionHeads, nn.Module):
             cache.keep_after(int(host.max()) - cfg.context)
             kv = cache.kv
         elif int(host.max() - host.min()) >= cfg.context:
-            mask = self._window_mask(layout["frame"].to(dev), dtype)[None, None].expand(
+            mask = self._window_mask(layout["frame"][1], dtype)[None, None].expand(
                 b, 1, -1, -1)
         out = self.lm(inputs_embeds=seq, attention_mask=mask,
-                      position_ids=layout["position"].to(dev)[None].expand(b, -1),
+                      position_ids=layout["position"][1][None].expand(b, -1),
                       past_key_values=kv, use_cache=cache is not None)
         if cache is not None:
-            cache.frames = layout["frame"] if cache.frames is None else torch.cat(
-                [cache.frames, layout["frame"]])
+            frame = layout["frame"][0]
+            cache.frames = frame if cache.frames is None else torch.cat([cache.frames, frame])
         hidden = out.last_hidden_state[:, frame_at].to(frames.dtype)  # (B, T, d)
         return self.read_heads(hidden, batch, heads_at)
 

@@ -354,8 +354,8 @@ class VLA(ActionHeads, nn.Module):
         """
         x = self.embed(batch)  # (B, T, d)
         b, t, _ = x.shape
-        if pos is None:
-            pos = torch.arange(t, device=x.device)
+        pos = torch.arange(t, device=x.device) if pos is None else pos.to(
+            x.device, non_blocking=True)
         window = self.cfg.context
         keep = None
         if cache is None:

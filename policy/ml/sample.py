@@ -69,13 +69,16 @@ def _sample_group(model: VLA, tok: ActionTokenizer, group: Sequence[Prepared],
     fed = 0  # first position not yet in the cache
     last = torch.tensor([-1], device=device)
     for start in range(0, length, chunk):
-        pos = torch.arange(fed, start + 1, device=device)  # positions to feed now
+        # The positions to feed now, made on the host (a backbone lays its sequence out there)
+        # and copied without waiting for the GPU.
+        pos_host = torch.arange(fed, start + 1)
+        pos = pos_host.to(device, non_blocking=True)
         step = {name: (x[:, pos] if x is not None and x.ndim > 1 else x)
                 for name, x in inputs.items()}
         step["prev"] = actions[:, (pos - 1).clamp(min=0)]  # (B, n, D)
         step["prev_valid"] = (pos >= 1)[None, :].expand(b, -1)  # (B, n)
         with autocast(device, True):
-            logits = model(step, pos=pos, cache=cache, heads_at=last)[:, 0]  # (B, C, D, K)
+            logits = model(step, pos=pos_host, cache=cache, heads_at=last)[:, 0]  # (B, C, D, K)
         n = min(chunk, length - start)
         new = pick_bins(logits[:, :n], u[:, start : start + n], cfg.temperature, cfg.top_p)
         ids[:, start : start + n] = new  # (B, n, D)

@@ -123,6 +123,31 @@ def test_one_pass_over_a_long_window_sees_what_the_trimmed_cache_sees(config):
     assert not torch.allclose(unmasked[:, heads[-1]], full[:, heads[-1]], atol=1e-3)
 
 
+@pytest.mark.parametrize("capacity", [7, 20, None])  # grows; moves back often; as planned
+def test_the_window_buffers_give_what_a_growing_cache_gives(config, capacity):
+    """Each layer's window lives in a fixed buffer that moves back to its front (or grows) when
+    full: the steps' logits are those of one masked pass, whatever the buffer's size."""
+    from policy.ml.backbone import BackboneCache
+
+    cfg = dataclasses.replace(config, context=7)
+    model = _model(cfg)
+    batch = _batch(2, 40, cfg)
+    full = model(batch)
+    cache = model.new_cache() if capacity is None else BackboneCache(capacity)
+    outs, start = [], 0
+    for stop in range(1, 41, cfg.chunk):
+        pos = torch.arange(start, stop)
+        step = {k: (v[:, pos] if v.ndim > 1 else v) for k, v in batch.items()}
+        outs.append(model(step, pos=pos, cache=cache))
+        start = stop
+    heads = torch.arange(0, 40, cfg.chunk)
+    assert torch.allclose(torch.cat(outs, dim=1)[:, heads], full[:, heads], atol=1e-4)
+    layer = cache.kv.layers[0]
+    assert layer.keys.shape[2] == len(cache.frames) <= layer.capacity
+    if capacity == 7:
+        assert layer.capacity > 7  # it had to grow
+
+
 def test_the_cache_keeps_the_attention_window(config):
     cfg = dataclasses.replace(config, context=6)
     model = _model(cfg)
