@@ -11,15 +11,19 @@ default ``ModelConfig`` (bf16 autocast on CUDA), and model FLOP utilisation = fr
 run with fp32 (no autocast).
 
 Sampling: seconds to draw K = 8 candidates for each of N synthetic episodes (default 10,000 on
-CUDA, 100 on CPU), closed loop, by both engines on the same prepared episodes: the static engine
-(``policy.ml.fastsample``: fixed shapes, its step replayed from a CUDA graph; the default on CUDA,
-``sample_s``) and the loop engine (a growing key/value cache, ``sample_s_loop``), as a ratio, with
-the share of episodes whose candidates the two drew identically (1.0 on the CPU, where they agree
-bit for bit; on CUDA a bin flipped by bf16 rounding sends an episode's closed loop elsewhere) and
-the static engine's peak GPU memory. Feature preparation (``Policy.prepare``) is timed apart.
-Also compared with the naive loop (re-running the whole prefix every chunk, no cache) on a subset,
-as a ratio. Timing does not depend on the weights, so the policy is the one the training
-measurement leaves.
+CUDA, 100 on CPU), closed loop, on the same prepared episodes by:
+
+* the static engine (``policy.ml.fastsample``: fixed shapes, its step replayed from a CUDA graph,
+  the heads and the draw fused in one kernel, ``policy.ml.kernels``), the default on CUDA:
+  ``sample_s``, with its peak GPU memory;
+* the same engine with the heads and the draw in PyTorch: ``sample_s_static_unfused``;
+* the loop engine (a growing key/value cache): ``sample_s_loop``, as a ratio, with the share of
+  episodes whose candidates the two drew identically (1.0 on the CPU, where they agree bit for
+  bit; on CUDA a bin flipped by bf16 rounding sends an episode's closed loop elsewhere);
+* the naive loop (re-running the whole prefix every chunk, no cache) on a subset, as a ratio.
+
+Feature preparation (``Policy.prepare``) is timed apart. Timing does not depend on the weights,
+so the policy is the one the training measurement leaves.
 
 Results: benchmarks/results/policy-<device>.json (or ``--out``).
 """
@@ -35,8 +39,10 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine_info, write_results
+from policy.ml import fastsample
 from policy.ml.config import ModelConfig, SampleConfig, TrainConfig
 from policy.ml.data import EpisodeData, Prepared, episode_from
+from policy.ml.fastsample import use_fused_draw
 from policy.ml.policy import Policy
 from policy.ml.sample import pick_bins, sample_prepared, sampling_noise
 from policy.ml.train import Trainer, autocast, train
@@ -154,6 +160,14 @@ def bench_sampling(policy: Policy, episodes: Sequence[EpisodeData], k: int, max_
         torch.cuda.reset_peak_memory_stats(device)
     static, static_s = timed_sample(policy, prepared, static_cfg)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    fused = use_fused_draw(policy.model, static_cfg)
+    if fused:  # the same engine with the heads and the draw in PyTorch
+        fastsample.FUSED_DRAW = False
+        try:
+            sample_prepared(policy.model, policy.tokenizer, warm, static_cfg)
+            unfused, unfused_s = timed_sample(policy, prepared, static_cfg)
+        finally:
+            fastsample.FUSED_DRAW = True
     loop, loop_s = timed_sample(policy, prepared, loop_cfg)
     same = [np.array_equal(a, b) for a, b in zip(static, loop, strict=True)]
     frames = sum(o.shape[0] * o.shape[1] for o in static)
@@ -173,6 +187,11 @@ def bench_sampling(policy: Policy, episodes: Sequence[EpisodeData], k: int, max_
         "sample_s_including_features": static_s + prep_s,
         "sample_s": static_s,
         "candidate_frames_per_s": frames / max(static_s, 1e-9),
+        "fused_draw": fused,
+        "sample_s_static_unfused": unfused_s if fused else None,
+        "speedup_fused_draw": unfused_s / max(static_s, 1e-9) if fused else None,
+        "fused_equals_unfused_fraction": (float(np.mean([np.array_equal(a, b) for a, b in zip(
+            static, unfused, strict=True)])) if fused else None),
         "sample_s_loop": loop_s,
         "speedup_static_vs_loop": loop_s / max(static_s, 1e-9),
         "static_equals_loop_fraction": float(np.mean(same)),
@@ -239,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     s = results["sample"]
     label = f"sample K={s['k']} for {s['episodes']} episodes (s)"
     print(f"{label:<36}{s['sample_s']:>16.2f}")
+    if s["fused_draw"]:
+        print(f"{'  heads + draw in PyTorch (s)':<36}{s['sample_s_static_unfused']:>16.2f}")
     print(f"{'  loop engine (s)':<36}{s['sample_s_loop']:>16.2f}")
     print(f"{'  static vs loop (x faster)':<36}{s['speedup_static_vs_loop']:>16.1f}")
     print(f"{'  episodes drawn identically':<36}{s['static_equals_loop_fraction']:>16.2f}")

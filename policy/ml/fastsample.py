@@ -117,6 +117,39 @@ def sampling_noise(group: Sequence[Prepared], cfg: SampleConfig, chunk: int,
     return u.flatten(0, 1)
 
 
+# --- the heads and the draw, fused where it can be -------------------------------------------
+
+FUSED_DRAW = True  # the fused kernel where it runs (policy.ml.kernels); False: PyTorch only
+
+
+def use_fused_draw(model: torch.nn.Module, cfg: SampleConfig) -> bool:
+    """Whether a static step draws its bins with the fused kernel: on CUDA with Triton, for
+    the plain-form heads autocast runs there, and without a nucleus cut (``top_p`` 1)."""
+    from . import kernels
+
+    device = next(model.parameters()).device
+    return (FUSED_DRAW and cfg.top_p >= 1.0 and model.fused_gaussian is not True
+            and kernels.available(device))
+
+
+def draw(model: VLA, x: torch.Tensor, last: dict[str, torch.Tensor], u: torch.Tensor,
+         cfg: SampleConfig, fused: bool) -> torch.Tensor:
+    """Bin ids (R, C, D) drawn from the heads at the single position of ``x`` (R, 1, d), the
+    previous action ``last`` (R, 1, D) and uniforms ``u`` (R, C, D): ``read_heads`` then
+    ``pick_bins``, or the two fused in one kernel (:mod:`policy.ml.kernels`)."""
+    device = x.device
+    if not fused:
+        with _autocast(device):
+            logits = model.read_heads(x, last, None)[:, 0]  # (R, C, D, K)
+        return pick_bins(logits, u, cfg.temperature, cfg.top_p)
+    from .kernels import draw_bins
+
+    with _autocast(device):
+        feats, mean, inv_var = model.head_parts(x, last, None)  # (R, 1, C, D, e), (R, 1, C, D)
+    return draw_bins(feats[:, 0], mean[:, 0], inv_var[:, 0], u, model.bin_w, model.bin_b,
+                     model.centers, cfg.temperature)
+
+
 # --- the static engine ------------------------------------------------------------------------
 
 
@@ -195,12 +228,11 @@ class _StaticPass:
         last = {"prev": batch["prev"][:, -1:], "prev_valid": batch["prev_valid"][:, -1:]}
         frames = pos[-1] + self.offsets  # (C,) the frames drawn now
         u = self.u[:, frames]  # (B, C, D)
-        for r in range(0, b, HEAD_ROWS):
-            rows = slice(r, r + HEAD_ROWS)
-            with _autocast(self.device):
-                logits = self.model.read_heads(  # (R, C, D, K)
-                    x[rows], {name: v[rows] for name, v in last.items()}, None)[:, 0]
-            new = pick_bins(logits, u[rows], cfg.temperature, cfg.top_p)  # (R, C, D)
+        fused = use_fused_draw(self.model, cfg)
+        for r in range(0, b, b if fused else HEAD_ROWS):  # fused, no logits to bound
+            rows = slice(r, r + (b if fused else HEAD_ROWS))
+            new = draw(self.model, x[rows], {name: v[rows] for name, v in last.items()},
+                       u[rows], cfg, fused)  # (R, C, D)
             self.ids[rows].index_copy_(1, frames, new.to(self.ids.dtype))
             actions = self.tok.normalise(self.tok.decode(new))  # (R, C, D)
             self.actions[rows].index_copy_(1, frames, actions)

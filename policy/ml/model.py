@@ -258,25 +258,34 @@ class ActionHeads:
         return {n: getattr(self, n).detach().cpu().clone()
                 for n in ("speaker_mean", "speaker_std", "mel_mean", "mel_std")}
 
-    def read_heads(self, x: torch.Tensor, batch: dict[str, torch.Tensor | None],
-                   heads_at: torch.Tensor | None) -> torch.Tensor:
-        """Bin logits (B, T', chunk, D, n_bins) from frame features ``x`` (B, T, d) at frame
-        positions ``heads_at`` (default: all T)."""
+    def head_parts(self, x: torch.Tensor, batch: dict[str, torch.Tensor | None],
+                   heads_at: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the bin logits are made of at frame positions ``heads_at`` (default: all T):
+        the features (B, T', C, D, e) after the GELU, and the Gaussian's centre and inverse
+        variance (B, T', C, D), float32.
+
+        Each dimension's logits over its bins k = a free-form part, features . bin_w[:, k], plus
+        a discretised Gaussian, -(c_k - mean)^2 / (2 width^2), around the previous action plus
+        an offset. A sharp, continuous answer ("about where I was, a little higher") is then one
+        linear read-out away, where 256 free logits would learn it bin by bin."""
         b = x.shape[0]
         if heads_at is not None:
             x = x[:, heads_at]  # (B, T', d)
         h = self.head(self.ln_f(x))  # (B, T, C * D * (e + 2))
         h = h.view(b, x.shape[1], self.cfg.chunk, self.width, -1)  # (B, T, C, D, e + 2)
-        # Each dimension's logits over its bins k = a free-form part, features . bin_w[:, k],
-        # plus a discretised Gaussian, -(c_k - mean)^2 / (2 width^2), around the previous action
-        # plus an offset. A sharp, continuous answer ("about where I was, a little higher") is
-        # then one linear read-out away, where 256 free logits would learn it bin by bin.
         prev = batch["prev"] * batch["prev_valid"][..., None]  # (B, T, D)
         if heads_at is not None:
             prev = prev[:, heads_at]
         mean = prev[:, :, None, :].float() + h[..., -2].float()  # (B, T', C, D)
         inv_var = (F.softplus(h[..., -1].float() - 2.0) + 1.0 / self.cfg.n_bins) ** -2
-        feats = F.gelu(h[..., :-2])  # (B, T', C, D, e)
+        return F.gelu(h[..., :-2]), mean, inv_var
+
+    def read_heads(self, x: torch.Tensor, batch: dict[str, torch.Tensor | None],
+                   heads_at: torch.Tensor | None) -> torch.Tensor:
+        """Bin logits (B, T', chunk, D, n_bins) from frame features ``x`` (B, T, d) at frame
+        positions ``heads_at`` (default: all T)."""
+        feats, mean, inv_var = self.head_parts(x, batch, heads_at)
         fused = self.fused_gaussian if self.fused_gaussian is not None else (
             feats.dtype == torch.float32)
         if fused:

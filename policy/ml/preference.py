@@ -25,8 +25,9 @@ rule-following one where the corpus keeps it) must stay within ``max_l2_ratio`` 
 ``max_fd_ratio`` of the parent's. DPO checkpoints must also predict the snapshot's held-out
 pairs better than chance (a one-sided test at ``chance_alpha``, shared among the run's
 evaluations): weights fitted to random or contradictory labels can still move (DPO's pushes
-on rejected sequences sharpen the policy whatever the labels) yet learned nothing from them. The best validation score among
-the evaluations within bounds is kept; ``patience`` evaluations out of bounds in a row stop the run. Checkpoints resume exactly.
+on rejected sequences sharpen the policy whatever the labels) yet learned nothing from them.
+The best validation score among the evaluations within bounds is kept; ``patience``
+evaluations out of bounds in a row stop the run. Checkpoints resume exactly.
 """
 
 from __future__ import annotations
