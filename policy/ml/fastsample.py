@@ -22,9 +22,11 @@ several passes (:func:`sample_passes_static`) a worker thread builds the next pa
 while the GPU samples the current one.
 
 On an H100 a step of 16k rows is then bound by the GPU, not by launches (eager and replayed steps
-took the same time): most of it goes to the 256-bin heads and the inverse-CDF draw, several
-full passes over (rows, chunk, D, 256) float32 bins, 1.2 GB each (the cumulative sum alone took
-7 ms of a 37 ms step). Fusing those passes is the next gain; static shapes make it possible.
+took the same time). In PyTorch most of it went to the 256-bin heads and the inverse-CDF draw,
+several full passes over (rows, chunk, D, 256) float32 bins, 1.2 GB each (the cumulative sum
+alone took 7 ms of a 37 ms step). On CUDA those passes are one kernel (:func:`draw`,
+:mod:`policy.ml.kernels`) that keeps the logits in registers; ``FUSED_DRAW = False`` turns it
+off, and ``top_p < 1`` (a sort) keeps PyTorch's.
 
 The draws are the loop engine's: the same uniforms (:func:`sampling_noise`), the same inversion
 (:func:`pick_bins`), the same decoded feedback. On the CPU the attention reads the ring in
