@@ -3,7 +3,8 @@
 The training data interface is plain Python + NumPy (:class:`EpisodeData`); anything with the same
 attributes (``policy.synthetic.SyntheticEpisode``, ``policy.importers.records.EpisodeRecord``)
 converts with :func:`episode_from`. Features are computed once per episode
-(:func:`prepare_episode`) and training windows are slices of them (:func:`make_batch`).
+(:func:`prepare_episode`, or :func:`prepare_episodes` for many at once, their log-mel together on
+a GPU) and training windows are slices of them (:func:`make_batch`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rendering.layouts import get_layout
 from .backbone import text_tokenizer, word_tokens
 from .config import ModelConfig
 from .errors import EmptySplitError, PolicyDataError
-from .features import log_mel, text_features, video_frames
+from .features import log_mel, log_mel_batch, text_features, video_frames
 from .tokenizer import ActionTokenizer
 
 
@@ -125,14 +126,43 @@ class Prepared:
     listener_in: torch.Tensor | None  # (T, D) float32 decoded tokens in [-1, 1] units
 
 
+def _has_mel(ep: EpisodeData, cfg: ModelConfig) -> bool:
+    return bool(cfg.use_audio and ep.audio is not None and len(ep.audio))
+
+
+def _mel_options(cfg: ModelConfig) -> dict[str, Any]:
+    return {"n_mels": cfg.n_mels, "per_frame": cfg.mel_per_frame, "window_s": cfg.mel_window_s,
+            "fmax": cfg.mel_fmax}
+
+
 def raw_features(ep: EpisodeData, cfg: ModelConfig) -> dict[str, torch.Tensor | None]:
     """Unshifted, unstandardised speaker-side features of one episode."""
-    t = ep.n_frames
     mel = None
-    if cfg.use_audio and ep.audio is not None and len(ep.audio):
-        mel = log_mel(ep.audio, int(ep.sample_rate), t, ep.fps, n_mels=cfg.n_mels,
-                      per_frame=cfg.mel_per_frame, window_s=cfg.mel_window_s,
-                      fmax=cfg.mel_fmax)  # (T, M)
+    if _has_mel(ep, cfg):
+        mel = log_mel(ep.audio, int(ep.sample_rate), ep.n_frames, ep.fps,
+                      **_mel_options(cfg))  # (T, M)
+    return _raw_with_mel(ep, cfg, mel)
+
+
+def raw_features_batch(episodes: Sequence[EpisodeData], cfg: ModelConfig, *,
+                       device: torch.device | str | None = None,
+                       ) -> list[dict[str, torch.Tensor | None]]:
+    """:func:`raw_features` of many episodes: their log-mel computed together on ``device``
+    (:func:`policy.ml.features.log_mel_batch`: on the CPU bit for bit the per-episode values),
+    the other features per episode as there."""
+    audible = [ep for ep in episodes if _has_mel(ep, cfg)]
+    mels = iter(log_mel_batch([ep.audio for ep in audible],
+                              [int(ep.sample_rate) for ep in audible],
+                              [ep.n_frames for ep in audible], [ep.fps for ep in audible],
+                              device=device, **_mel_options(cfg)))  # (T_i, M) each
+    return [_raw_with_mel(ep, cfg, next(mels) if _has_mel(ep, cfg) else None)
+            for ep in episodes]
+
+
+def _raw_with_mel(ep: EpisodeData, cfg: ModelConfig,
+                  mel: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    """The raw features of ``ep`` around its log-mel ``mel`` (T, M), computed apart."""
+    t = ep.n_frames
     text = None
     if cfg.use_text and ep.transcript is not None and cfg.backbone:
         text = word_tokens(ep.transcript, t, ep.fps, text_tokenizer(cfg), cfg.text_slots)
@@ -245,6 +275,19 @@ def prepare_episode(ep: EpisodeData, cfg: ModelConfig, stats: dict[str, torch.Te
     return Prepared(key=ep.key, n_frames=ep.n_frames, speaker=_shift(speaker, la),
                     mel=_shift(mel, la), text=_shift(raw["text"], la),
                     video=_shift(raw["video"], la), listener_ids=ids, listener_in=listener_in)
+
+
+def prepare_episodes(episodes: Sequence[EpisodeData], cfg: ModelConfig,
+                     stats: dict[str, torch.Tensor], tokenizer: ActionTokenizer, *,
+                     device: torch.device | str | None = None) -> list[Prepared]:
+    """:func:`prepare_episode` of many episodes, their log-mel computed together on ``device``
+    (see :func:`raw_features_batch`); the results are CPU tensors, as there."""
+    raws = raw_features_batch(episodes, cfg, device=device)
+    prepared = []
+    for i, ep in enumerate(episodes):
+        prepared.append(prepare_episode(ep, cfg, stats, tokenizer, raws[i]))
+        raws[i] = {}  # the standardised copy replaces the raw features: peak memory ~1x
+    return prepared
 
 
 def pad_stack(parts: Sequence[torch.Tensor | None], length: int,

@@ -12,7 +12,7 @@ import torch
 from rendering.layouts import FaceModelLayout, get_layout
 
 from .config import ModelConfig, SampleConfig
-from .data import EpisodeData, Prepared, check_episodes, prepare_episode
+from .data import EpisodeData, Prepared, check_episodes, prepare_episodes
 from .model import VLA
 from .sample import sample_prepared
 from .tokenizer import ActionTokenizer
@@ -43,10 +43,11 @@ class Policy:
 
     def prepare(self, episodes: Iterable[Any], *, split: str = "input",
                 need_listener: bool = False) -> tuple[list[EpisodeData], list[Prepared]]:
-        """Check episodes against this policy and compute their (look-ahead shifted) inputs."""
+        """Check episodes against this policy and compute their (look-ahead shifted) inputs, as
+        CPU tensors (the log-mel of all of them together on the model's device)."""
         eps = check_episodes(episodes, self.cfg, split=split, need_listener=need_listener)
         stats = self.model.input_stats()
-        return eps, [prepare_episode(e, self.cfg, stats, self.tokenizer) for e in eps]
+        return eps, prepare_episodes(eps, self.cfg, stats, self.tokenizer, device=self.device)
 
     def sample(self, episodes: Iterable[Any], config: SampleConfig | None = None,
                **overrides: Any) -> list[np.ndarray]:
@@ -59,6 +60,7 @@ class Policy:
         cfg = dataclasses.replace(config or SampleConfig(), **overrides)
         eps = check_episodes(episodes, self.cfg, split="input", need_listener=False)
         stats = self.model.input_stats()
-        prepared = [prepare_episode(dataclasses.replace(e, listener=None), self.cfg, stats,
-                                    self.tokenizer) for e in eps]  # no listener tokens needed
+        prepared = prepare_episodes([dataclasses.replace(e, listener=None) for e in eps],
+                                    self.cfg, stats, self.tokenizer,
+                                    device=self.device)  # no listener tokens needed
         return sample_prepared(self.model, self.tokenizer, prepared, cfg)

@@ -39,7 +39,8 @@ from .data import (
     fit_input_stats,
     fit_noise_coupling,
     prepare_episode,
-    raw_features,
+    prepare_episodes,
+    raw_features_batch,
     window_index,
 )
 from .device import autocast, pick_device
@@ -296,9 +297,9 @@ class Trainer:
 
 
 def _prepare_split(episodes: Sequence[Any], cfg: ModelConfig, split: str, tokenizer, stats,
-                   ) -> list[Prepared]:
+                   device: torch.device) -> list[Prepared]:
     eps = check_episodes(episodes, cfg, split=split, need_listener=True)
-    return [prepare_episode(e, cfg, stats, tokenizer) for e in eps]
+    return prepare_episodes(eps, cfg, stats, tokenizer, device=device)
 
 
 def train(train_episodes: Sequence[Any], model_config: ModelConfig | None = None,
@@ -338,7 +339,7 @@ def train(train_episodes: Sequence[Any], model_config: ModelConfig | None = None
     distributed.check_batch(tcfg.batch_size, dist.world)  # before the costly preparation
 
     eps = check_episodes(train_episodes, cfg, split="train", need_listener=True)
-    raws = [raw_features(e, cfg) for e in eps]
+    raws = raw_features_batch(eps, cfg, device=device)  # log-mel on the training device
     if ckpt is not None:
         tokenizer = ckpt.tokenizer
     else:
@@ -354,7 +355,8 @@ def train(train_episodes: Sequence[Any], model_config: ModelConfig | None = None
         stats = ckpt.input_stats()
     policy = Policy(model, tokenizer, cfg).to(device)
     train_set = [prepare_episode(e, cfg, stats, tokenizer, raw) for e, raw in zip(eps, raws)]
-    val_set = _prepare_split(val_episodes, cfg, "val", tokenizer, stats) if val_episodes else []
+    val_set = (_prepare_split(val_episodes, cfg, "val", tokenizer, stats, device)
+               if val_episodes else [])
     trainer = Trainer(policy, tcfg, train_set, val_set, device, dist)
     if ckpt is not None and ckpt.sharded:  # any world size, sharded or not
         load_sharded_state(ckpt.path, model=model, optimizer=trainer.optimizer)

@@ -12,14 +12,18 @@ from policy.ml.config import ModelConfig
 from policy.ml.data import (
     EpisodeData,
     check_episodes,
+    episode_from,
     fit_input_stats,
     make_batch,
     prepare_episode,
+    prepare_episodes,
     raw_features,
+    raw_features_batch,
     window_index,
 )
 from policy.ml.errors import EmptySplitError, PolicyDataError
 from policy.ml.tokenizer import ActionTokenizer
+from policy.synthetic import generate_episode
 
 CFG = ModelConfig(chunk=3, context=8, lookahead_s=0.1, fps=30.0, n_mels=4)  # look-ahead 3 frames
 
@@ -83,3 +87,46 @@ def test_windows_pair_lookahead_speaker_previous_action_and_next_chunk():
     assert torch.equal(batch["targets"][1, 2, 1], prep.listener_ids[8])
     assert batch["target_mask"][2, 7].tolist() == [True, False, False]  # frames 19, 20, 21
     assert batch["mel"] is None  # no audio in this episode
+
+
+def _mixed_episodes() -> list[EpisodeData]:
+    """Synthetic episodes at two sample rates, one without audio, one with an empty waveform,
+    one with audio shorter than its frames and one without a listener."""
+    eps = [episode_from(generate_episode(5, i, sample_rate=8000 if i % 3 == 0 else 16000))
+           for i in range(7)]
+    eps[1] = dataclasses.replace(eps[1], audio=None, sample_rate=None)
+    eps[2] = dataclasses.replace(eps[2], audio=eps[2].audio[:0])
+    eps[4] = dataclasses.replace(eps[4], audio=eps[4].audio[: len(eps[4].audio) // 3])
+    eps[5] = dataclasses.replace(eps[5], listener=None)
+    return eps
+
+
+def _assert_same(a, b) -> None:
+    if a is None or b is None:
+        assert a is None and b is None
+    else:
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("use_audio", [True, False])
+def test_prepare_episodes_equals_prepare_episode_of_each(use_audio):
+    eps = _mixed_episodes()
+    cfg = dataclasses.replace(CFG, n_mels=8, use_audio=use_audio)
+    tok = ActionTokenizer.fit(np.concatenate([e.listener for e in eps if e.listener is not None]),
+                              layout="builtin")
+    raws = [raw_features(e, cfg) for e in eps]
+    batched = raw_features_batch(eps, cfg)
+    for r, b in zip(raws, batched, strict=True):
+        assert r.keys() == b.keys()
+        for name in r:
+            _assert_same(r[name], b[name])
+    assert (raws[0]["mel"] is not None) == use_audio
+    assert raws[1]["mel"] is None and raws[2]["mel"] is None  # no audio, empty audio
+    stats = fit_input_stats(raws, cfg)
+    want = [prepare_episode(e, cfg, stats, tok) for e in eps]
+    got = prepare_episodes(eps, cfg, stats, tok, device="cpu")
+    for w, g in zip(want, got, strict=True):
+        assert (w.key, w.n_frames) == (g.key, g.n_frames)
+        for name in ("speaker", "mel", "text", "video", "listener_ids", "listener_in"):
+            _assert_same(getattr(w, name), getattr(g, name))
+    assert got[5].listener_ids is None and got[0].text is not None

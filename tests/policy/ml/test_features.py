@@ -23,6 +23,67 @@ def test_log_mel_has_per_frame_windows_and_no_future_audio():
     assert not torch.equal(mel[10:], mel2[10:])
 
 
+def _waves() -> list[tuple[np.ndarray | torch.Tensor, int, int, float]]:
+    """(waveform, sample rate, frames, fps): lengths, rates and frame rates that differ; audio
+    shorter than the frames, longer than them, empty; no frames; a tensor; float64."""
+    rng = np.random.default_rng(1)
+
+    def wave(n: int) -> np.ndarray:
+        return rng.uniform(-0.5, 0.5, n).astype(np.float32)
+
+    return [
+        (wave(16000), 16000, 30, 30.0),  # exactly the frames' length
+        (wave(4000), 16000, 45, 30.0),  # shorter than the frames: silence after it
+        (wave(12000), 8000, 20, 25.0),  # longer than the frames, another group
+        (wave(7), 16000, 12, 30.0),  # a few samples
+        (np.zeros(0, np.float32), 16000, 9, 30.0),  # no audio: log of the floor everywhere
+        (torch.from_numpy(wave(9000)), 22050, 31, 30.0),  # n_fft 1024
+        (wave(5000).astype(np.float64), 16000, 17, 30.0),  # converted to float32 as log_mel does
+        (wave(3000), 8000, 0, 25.0),  # no frames
+        (wave(30000), 16000, 40, 30.0),
+        (wave(40000), 48000, 25, 30.0),  # n_fft 2048: a filter bank long enough for BLAS to
+        #   split its sums across threads when few rows are computed together
+    ]
+
+
+@pytest.mark.parametrize("max_windows", [None, 1, 7, 64, 10**6])
+def test_log_mel_batch_equals_log_mel_of_each_waveform(max_windows):
+    items = _waves()
+    opts = dict(n_mels=10, per_frame=2, window_s=0.032, fmax=6000.0)
+    want = [F.log_mel(w, sr, t, fps, **opts) for w, sr, t, fps in items]
+    got = F.log_mel_batch(*zip(*items), max_windows=max_windows, **opts)
+    assert len(got) == len(items)
+    for (w, sr, t, _), a, b in zip(items, want, got, strict=True):
+        assert b.shape == (t, 20) and b.dtype == torch.float32 and b.device.type == "cpu"
+        assert torch.equal(a, b), (sr, t, len(w))  # bit for bit on the CPU, however sliced
+    assert torch.equal(got[4], torch.log(torch.zeros(9, 20) + F.LOG_FLOOR))  # silence only
+
+
+def test_log_mel_batch_is_exact_with_more_threads():
+    items = _waves()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(8)  # more threads than rows per thread: BLAS may split the sums
+    try:
+        want = [F.log_mel(w, sr, t, fps, n_mels=12) for w, sr, t, fps in items]
+        for max_windows in (5, 300):
+            got = F.log_mel_batch(*zip(*items), n_mels=12, max_windows=max_windows)
+            assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_log_mel_batch_with_three_windows_per_frame_and_no_waveforms():
+    items = _waves()[:4]
+    want = [F.log_mel(w, sr, t, fps, n_mels=6, per_frame=3) for w, sr, t, fps in items]
+    got = F.log_mel_batch(*zip(*items), n_mels=6, per_frame=3, max_windows=50)
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+    assert F.log_mel_batch([], [], [], []) == []
+    with pytest.raises(ValueError, match="2 waveforms but 1 sample rates"):
+        F.log_mel_batch([np.zeros(5), np.zeros(5)], [16000], [1, 1], [30.0, 30.0])
+    with pytest.raises(ValueError, match="max_windows"):
+        F.log_mel_batch([np.zeros(5)], [16000], [1], [30.0], max_windows=0)
+
+
 def test_mel_filters_cover_the_band_without_gaps():
     fb = F.mel_filterbank(16000, 512, 24, 8000.0)
     assert fb.shape == (257, 24)
