@@ -55,7 +55,7 @@ from .data import (
     check_episodes,
     episode_from,
     pad_stack,
-    prepare_episode,
+    prepare_episodes,
 )
 from .device import autocast, pick_device
 from .errors import CheckpointError
@@ -291,8 +291,7 @@ class CriticEnsemble:
         eps = check_episodes([dataclasses.replace(episode_from(e), listener=None)
                               for e in episodes], self.model_config, split="input",
                              need_listener=False)
-        return [prepare_episode(e, self.model_config, self.input_stats, self.tokenizer)
-                for e in eps]
+        return prepare_episodes(eps, self.model_config, self.input_stats, self.tokenizer)
 
     def _normalise(self, seq: np.ndarray, where: str, n_frames: int) -> torch.Tensor:
         """A (T, D) candidate in layout units -> (T, D) float32 in [-1, 1] units, checked."""
@@ -546,7 +545,7 @@ class _Data:
         eps = check_episodes([dataclasses.replace(episode_from(episodes[k]), listener=None)
                               for k in used], model_config, split="critic", need_listener=False)
         stats = {k: torch.as_tensor(v).float() for k, v in input_stats.items()}
-        self.prepared = [prepare_episode(e, model_config, stats, tokenizer) for e in eps]
+        self.prepared = prepare_episodes(eps, model_config, stats, tokenizer)
         ep_index = {k: i for i, k in enumerate(used)}
         cand_index: dict[bytes, int] = {}
         self.cands: list[torch.Tensor] = []

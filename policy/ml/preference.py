@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from . import metrics
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .config import SampleConfig, TrainConfig, _from_dict
-from .data import EpisodeData, Prepared, check_episodes, pad_stack, prepare_episode
+from .data import EpisodeData, Prepared, check_episodes, pad_stack, prepare_episodes
 from .device import autocast, pick_device
 from .evaluate import target
 from .model import VLA
@@ -325,7 +325,7 @@ class _Run:
 
         def prepare(eps: Sequence[Any], split: str) -> list[Prepared]:
             checked = check_episodes(eps, parent.cfg, split=split, need_listener=False)
-            return [prepare_episode(e, parent.cfg, stats, self.tok) for e in checked]
+            return prepare_episodes(checked, parent.cfg, stats, self.tok, device=self.device)
 
         data = hashlib.sha256()  # what the run reads: a resumed run must read the same
 
@@ -344,7 +344,7 @@ class _Run:
             data.update(" ".join(p.key for p in self.train_prep).encode())
         vals = check_episodes(list(val_episodes)[: cfg.val_limit], parent.cfg, split="val",
                               need_listener=False)
-        self.val_prep = [prepare_episode(e, parent.cfg, stats, self.tok) for e in vals]
+        self.val_prep = prepare_episodes(vals, parent.cfg, stats, self.tok, device=self.device)
         self.val_targets = [self._target(e) for e in vals]
         for x in self.val_targets:
             data.update(np.ascontiguousarray(x, np.float32).tobytes())
