@@ -25,8 +25,9 @@ On an H100 a step of 16k rows is then bound by the GPU, not by launches (eager a
 took the same time). In PyTorch most of it went to the 256-bin heads and the inverse-CDF draw,
 several full passes over (rows, chunk, D, 256) float32 bins, 1.2 GB each (the cumulative sum
 alone took 7 ms of a 37 ms step). On CUDA those passes are one kernel (:func:`draw`,
-:mod:`policy.ml.kernels`) that keeps the logits in registers; ``FUSED_DRAW = False`` turns it
-off, and ``top_p < 1`` (a sort) keeps PyTorch's.
+:mod:`policy.ml.kernels`) that keeps the logits in registers, and the attention of the step's
+queries to the ring is one more (``kernels.ENABLED = False`` turns both off; ``top_p < 1``, a
+sort, keeps PyTorch's draw).
 
 The draws are the loop engine's: the same uniforms (:func:`sampling_noise`), the same inversion
 (:func:`pick_bins`), the same decoded feedback. On the CPU the attention reads the ring in
@@ -121,16 +122,13 @@ def sampling_noise(group: Sequence[Prepared], cfg: SampleConfig, chunk: int,
 
 # --- the heads and the draw, fused where it can be -------------------------------------------
 
-FUSED_DRAW = True  # the fused kernel where it runs (policy.ml.kernels); False: PyTorch only
-
-
 def use_fused_draw(model: torch.nn.Module, cfg: SampleConfig) -> bool:
     """Whether a static step draws its bins with the fused kernel: on CUDA with Triton, for
     the plain-form heads autocast runs there, and without a nucleus cut (``top_p`` 1)."""
     from . import kernels
 
     device = next(model.parameters()).device
-    return (FUSED_DRAW and cfg.top_p >= 1.0 and model.fused_gaussian is not True
+    return (cfg.top_p >= 1.0 and model.fused_gaussian is not True
             and kernels.available(device))
 
 

@@ -1,4 +1,5 @@
-"""One GPU kernel for the hottest part of sampling: the 256-bin heads and the draw, fused.
+"""GPU kernels for the static sampler's step: the 256-bin heads and the draw fused, and the
+attention of a step's few queries to the ring cache.
 
 A sampling step reads the per-dimension bin heads at the last position and draws a bin from each
 (row, chunk frame, dimension) distribution by inverting its CDF at a uniform number
@@ -27,11 +28,14 @@ from typing import Any
 import torch
 
 BLOCK_N = 64  # distributions per program
+ENABLED = True  # False: every caller takes its PyTorch path (benchmarks compare the two)
 
 
 def available(device: torch.device) -> bool:
-    """Whether the fused draw runs on ``device``: CUDA with Triton installed, or any device
-    under the interpreter (``TRITON_INTERPRET=1``)."""
+    """Whether the kernels run on ``device``: CUDA with Triton installed, or any device under
+    the interpreter (``TRITON_INTERPRET=1``); never when ``ENABLED`` is off."""
+    if not ENABLED:
+        return False
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return False
     try:
@@ -121,3 +125,60 @@ def draw_bins(feats: torch.Tensor, mean: torch.Tensor, inv_var: torch.Tensor, u:
         BLOCK_N=BLOCK_N, BLOCK_E=_block(n_feats), BLOCK_K=_block(n_bins),
         ROUND_BF16=dtype == torch.bfloat16, GREEDY=temperature == 0, num_warps=8)
     return out.view(*lead, width)
+
+
+# --- attention of a step's few queries to the ring ---------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _attention_kernel() -> Any:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def ring_attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, n_q, n_keys, head_dim,
+                              scale, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr,
+                              BLOCK_D: tl.constexpr):
+        bh = tl.program_id(0).to(tl.int64)  # one (row, head): its queries, keys and values
+        rt = tl.arange(0, BLOCK_T)
+        rs = tl.arange(0, BLOCK_S)
+        rd = tl.arange(0, BLOCK_D)
+        live_t, live_s, live_d = rt < n_q, rs < n_keys, rd < head_dim
+        q = tl.load(q_ptr + (bh * n_q + rt[:, None]) * head_dim + rd[None, :],
+                    mask=live_t[:, None] & live_d[None, :], other=0.0).to(tl.float32)
+        k = tl.load(k_ptr + (bh * n_keys + rs[:, None]) * head_dim + rd[None, :],
+                    mask=live_s[:, None] & live_d[None, :], other=0.0).to(tl.float32)
+        scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # (T, S)
+        seen = tl.load(mask_ptr + rt[:, None] * n_keys + rs[None, :],
+                       mask=live_t[:, None] & live_s[None, :], other=0)
+        seen = (seen != 0) | ~live_t[:, None]  # padded queries see everything: no empty rows
+        scores = tl.where(seen & live_s[None, :], scores, float("-inf"))
+        p = tl.exp(scores - tl.max(scores, 1)[:, None])
+        p = p / tl.sum(p, 1)[:, None]
+        v = tl.load(v_ptr + (bh * n_keys + rs[:, None]) * head_dim + rd[None, :],
+                    mask=live_s[:, None] & live_d[None, :], other=0.0).to(tl.float32)
+        out = tl.dot(p, v, input_precision="ieee")  # (T, hd)
+        tl.store(out_ptr + (bh * n_q + rt[:, None]) * head_dim + rd[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=live_t[:, None] & live_d[None, :])
+
+    return ring_attention_kernel
+
+
+def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   attn_mask: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of a few queries q (B, H, T, hd) to keys and values (B, H, S, hd)
+    under a (T, S) bool mask: :func:`policy.ml.model.attend_few` in one kernel, a program per
+    (row, head) that reads its keys and values once. Batched matrix products of 4 x 32 by
+    32 x 67 run far below the memory's speed; this is bound by reading the ring. Scores and
+    weights stay in float32 (``attend_few`` rounds the scores to the input dtype first). Every
+    query must see at least one key."""
+    b, h, t, hd = q.shape
+    s = k.shape[2]
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = torch.empty_like(q)
+    if q.numel() == 0:
+        return out
+    _attention_kernel()[(b * h,)](
+        q, k, v, attn_mask.to(torch.int8).contiguous(), out, t, s, hd, hd ** -0.5,
+        BLOCK_T=_block(t), BLOCK_S=_block(s), BLOCK_D=_block(hd), num_warps=4)
+    return out

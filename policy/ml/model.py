@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import kernels
 from .config import ModelConfig
 
 
@@ -123,7 +124,8 @@ class Attention(nn.Module):
         """:meth:`forward` with a :class:`RingCache`, for sampling (no dropout): the new keys go
         into ``slots``, the queries attend to the ring under ``mask`` (T, S). Read in ``order``,
         the ring gives the keys of :meth:`forward`'s cache in its order, to the same attention
-        kernel; read as it lies, the attention is written out (:func:`attend_few`)."""
+        kernel; read as it lies, the attention is written out (:func:`attend_few`; on CUDA the
+        same in one kernel, :func:`policy.ml.kernels.ring_attention`)."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)  # (B, T, d) each
         # (B, T, d) -> (B, H, T, hd)
@@ -133,6 +135,8 @@ class Attention(nn.Module):
         if order is not None:
             keys, values = keys.index_select(2, order), values.index_select(2, order)
             attend = F.scaled_dot_product_attention
+        elif kernels.available(q.device):
+            attend = kernels.ring_attention  # the same, one kernel (policy.ml.kernels)
         else:
             attend = attend_few
         step = ring.ATTENTION_ROWS

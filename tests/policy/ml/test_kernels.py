@@ -1,5 +1,6 @@
-"""The fused heads-and-draw kernel (policy.ml.kernels), run on the CPU by Triton's interpreter:
-the bins it draws are PyTorch's, and the static sampler draws the same candidates with it.
+"""The sampling kernels (policy.ml.kernels), run on the CPU by Triton's interpreter: the bins
+the fused draw picks and the attention are PyTorch's, and the static sampler draws the same
+candidates with them.
 
 The interpreter is switched on by an environment variable read when a kernel is first built,
 so each check runs in a fresh process."""
@@ -68,7 +69,7 @@ def test_the_fused_draw_picks_the_bins_pytorch_picks():
 def test_the_static_sampler_draws_the_same_candidates_with_the_fused_kernel():
     out = _interpreted("""
         import dataclasses, json, numpy as np, torch
-        from policy.ml import fastsample
+        from policy.ml import fastsample, kernels
         from policy.ml.config import ModelConfig, SampleConfig
         from policy.ml.data import episode_from, prepare_episode, raw_features, fit_input_stats
         from policy.ml.model import VLA
@@ -93,15 +94,39 @@ def test_the_static_sampler_draws_the_same_candidates_with_the_fused_kernel():
         scfg = SampleConfig(k=2, engine="static")
         assert fastsample.use_fused_draw(model, scfg)
         fused = fastsample.sample_group_static(model, tok, prepared, scfg)
-        fastsample.FUSED_DRAW = False
+        # The ring read as it lies, as on CUDA: the attention kernel too.
+        ring = fastsample.sample_group_static(model, tok, prepared, scfg, exact=False)
+        kernels.ENABLED = False
         plain = fastsample.sample_group_static(model, tok, prepared, scfg)
-        print(json.dumps({"same": [bool(np.array_equal(a, b)) for a, b in zip(fused, plain)],
+        ring_plain = fastsample.sample_group_static(model, tok, prepared, scfg, exact=False)
+        same = lambda x, y: [bool(np.array_equal(a, b)) for a, b in zip(x, y)]
+        print(json.dumps({"same": same(fused, plain), "ring_same": same(ring, ring_plain),
                           "shapes": [list(a.shape) for a in fused]}))
     """)
     assert out["same"] == [True, True]
+    assert out["ring_same"] == [True, True]
     assert all(s[0] == 2 and s[1] == 40 for s in out["shapes"])
 
 
-def test_the_fused_draw_runs_only_where_it_can():
+def test_the_attention_kernel_attends_as_pytorch_does():
+    out = _interpreted("""
+        import json, torch
+        from policy.ml.kernels import ring_attention
+        from policy.ml.model import attend_few
+
+        g = torch.Generator().manual_seed(0)
+        diffs = []
+        for b, h, t, s, hd in [(5, 4, 4, 67, 32), (3, 2, 3, 20, 8), (2, 1, 1, 5, 16)]:
+            q, k, v = (torch.randn(b, h, n, hd, generator=g) for n in (t, s, s))
+            mask = torch.rand(t, s, generator=g) < 0.6
+            mask[:, 0] = True  # every query sees a key
+            diffs.append(float((ring_attention(q, k, v, mask) - attend_few(q, k, v, mask))
+                               .abs().max()))
+        print(json.dumps(diffs))
+    """)
+    assert max(out) < 1e-5, out
+
+
+def test_the_kernels_run_only_where_they_can():
     if os.environ.get("TRITON_INTERPRET") != "1":
         assert not kernels.available(torch.device("cpu"))  # the CPU samples in PyTorch
