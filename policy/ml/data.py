@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,12 +152,22 @@ def raw_features_batch(episodes: Sequence[EpisodeData], cfg: ModelConfig, *,
     (:func:`policy.ml.features.log_mel_batch`: on the CPU bit for bit the per-episode values),
     the other features per episode as there."""
     audible = [ep for ep in episodes if _has_mel(ep, cfg)]
-    mels = iter(log_mel_batch([ep.audio for ep in audible],
-                              [int(ep.sample_rate) for ep in audible],
-                              [ep.n_frames for ep in audible], [ep.fps for ep in audible],
-                              device=device, **_mel_options(cfg)))  # (T_i, M) each
-    return [_raw_with_mel(ep, cfg, next(mels) if _has_mel(ep, cfg) else None)
-            for ep in episodes]
+
+    def mels() -> list[torch.Tensor]:  # (T_i, M) each
+        return log_mel_batch([ep.audio for ep in audible], [int(ep.sample_rate) for ep in audible],
+                             [ep.n_frames for ep in audible], [ep.fps for ep in audible],
+                             device=device, **_mel_options(cfg))
+
+    # The log-mel (the GPU's work and the copies to it, or the CPU's kernels, which release
+    # the interpreter) in a thread; the other features, Python mostly, meanwhile here.
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(mels)
+        raws = [_raw_with_mel(ep, cfg, None) for ep in episodes]
+        done = iter(pending.result())
+    for ep, raw in zip(episodes, raws, strict=True):
+        if _has_mel(ep, cfg):
+            raw["mel"] = next(done)
+    return raws
 
 
 def _raw_with_mel(ep: EpisodeData, cfg: ModelConfig,

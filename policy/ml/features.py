@@ -215,15 +215,19 @@ def _log_mel_chunk(waves: Sequence[np.ndarray | torch.Tensor], counts: Sequence[
     device = filters.device
     flat = [torch.as_tensor(w, dtype=torch.float32).flatten() for w in waves]  # (N_i,) each
     pads = [_padding(ends[:c], len(w), n_fft) for w, c in zip(flat, counts, strict=True)]
-    silence = torch.zeros(max(max(p) for p in pads))
-    pieces: list[torch.Tensor] = []
     starts: list[torch.Tensor] = []
+    places: list[int] = []  # where each waveform begins in the buffer
     offset = 0
     for w, c, (left, right) in zip(flat, counts, pads, strict=True):
-        pieces += [silence[:left], w, silence[:right]]
         starts.append(ends[:c] + (offset + left - n_fft))  # (c,) first sample of each window
+        places.append(offset + left)
         offset += left + len(w) + right
-    buffer = torch.cat(pieces).to(device)  # (offset,) padded waveforms end to end
+    # (offset,) the padded waveforms end to end. On a GPU each waveform is copied straight to
+    # its place in a zeroed buffer: no host copy of the whole (fresh host memory is slow to
+    # touch on a virtual machine), and the copies do not wait for the GPU.
+    buffer = torch.zeros(offset, device=device)
+    for w, at in zip(flat, places, strict=True):
+        buffer[at : at + len(w)].copy_(w, non_blocking=device.type != "cpu")
     all_starts = torch.cat(starts).to(device)  # (W,)
     mel = torch.empty(len(all_starts), filters.shape[1])  # (W, n_mels) on the CPU
     for s in range(0, len(all_starts), max_windows):
@@ -241,6 +245,7 @@ def normalise_word(word: str) -> str:
     return _WORD.sub("", word.lower())
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def hashed_word_id(word: str, vocab: int) -> int:
     """Stable bucket in [1, vocab) for a word (FNV-1a over UTF-8); 0 means 'no word'.
 
