@@ -55,9 +55,8 @@ from policy.ml.data import (
 )
 from policy.ml.model import VLA
 from policy.ml.policy import Policy
-from policy.ml.sharded import shard_units
 from policy.ml.tokenizer import ActionTokenizer
-from policy.ml.train import Trainer
+from policy.ml.train import Trainer, uncompile_layers
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -297,7 +296,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     vocab_dir = tempfile.mkdtemp(prefix="backbone-words-")
     save_word_tokenizer(vocab_dir, words)  # the transcript's tokens; weights come from memory
     cfg = ModelConfig(backbone=vocab_dir, context=context, dropout=0.0)
-    tcfg = TrainConfig(batch_size=batch, device=str(device), log_every=10**9, loss_stride=0)
+    tcfg = TrainConfig(batch_size=batch, device=str(device), log_every=10**9, loss_stride=0,
+                       compile_layers=False)  # eager first; compiled below
     results: dict = {"machine": machine_info(torch=torch.__version__, device=str(device)),
                      "size": size, "lora_size": lora_size, "config": SIZES[size]}
 
@@ -313,10 +313,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"MFU {mfu}", flush=True)
 
     if (gpu or args.compare_attention) and not args.no_compile:  # decoder layers compiled
-        try:
-            for unit in shard_units(policy.model):
-                unit.compile()
-            compiled = time_training(policy, prepared, tcfg, device, warmup=3, steps=steps)
+        try:  # what training does on CUDA (TrainConfig.compile_layers)
+            compiled = time_training(policy, prepared,
+                                     dataclasses.replace(tcfg, compile_layers=True), device,
+                                     warmup=3, steps=steps)
             results["sft_compiled"] = compiled
             if compiled["tokens_per_s"] > sft["tokens_per_s"]:
                 results.update(tokens_per_s=compiled["tokens_per_s"], mfu=compiled["mfu"],
@@ -326,8 +326,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         except Exception as exc:  # report, keep the eager figures
             results["sft_compiled"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
             print(f"  compile failed: {results['sft_compiled']['error'][:300]}", flush=True)
-        for unit in shard_units(policy.model):  # sampling runs eager (its shapes change)
-            unit._compiled_call_impl = None
+        uncompile_layers(policy.model)  # sampling runs eager (its shapes change)
         torch.compiler.reset()
 
     if not args.skip_sampling:

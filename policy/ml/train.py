@@ -45,13 +45,14 @@ from .data import (
 )
 from .device import autocast, pick_device
 from .policy import Policy
-from .sharded import load_sharded_state, save_sharded
+from .sharded import load_sharded_state, save_sharded, shard_units
 from .tokenizer import ActionTokenizer
 
 logger = logging.getLogger(__name__)
 
 # TrainConfig fields a resumed run may set anew; the others must match the checkpoint's.
-RESUME_MAY_CHANGE = ("device", "amp", "log_every", "eval_every", "checkpoint_every")
+RESUME_MAY_CHANGE = ("device", "amp", "log_every", "eval_every", "checkpoint_every",
+                     "compile_layers")
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]  # (step, total, losses)
 
@@ -155,6 +156,19 @@ def sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
                   "smooth": smooth.detach()}
 
 
+def compile_layers(model: torch.nn.Module) -> None:
+    """Compile each decoder layer (or block) of ``model`` in place: the training step's shapes
+    are fixed, and the fused norms, rotary and activations take ~30 % off a backbone's step."""
+    for unit in shard_units(model):
+        unit.compile()
+
+
+def uncompile_layers(model: torch.nn.Module) -> None:
+    """Undo :func:`compile_layers` (sampling feeds a few tokens at a time, in changing shapes)."""
+    for unit in shard_units(model):
+        unit._compiled_call_impl = None
+
+
 class Trainer:
     """The state of one SFT run; :func:`train` is the entry point.
 
@@ -182,6 +196,8 @@ class Trainer:
         # every forward, saving and validation included).
         self.sharded = bool(tcfg.fsdp and self.dist.active)
         self.net = distributed.wrap(model, self.dist, find_unused=unused, fsdp=self.sharded)
+        if tcfg.compile_layers and device.type == "cuda" and policy.cfg.backbone:
+            compile_layers(model)
         self.optimizer = make_optimizer(model, tcfg, device)
         self.gen = torch.Generator().manual_seed(tcfg.seed + 1)  # windows and augmentation
         self.step = 0
@@ -401,6 +417,7 @@ def train(train_episodes: Sequence[Any], model_config: ModelConfig | None = None
     distributed.barrier(dist)  # the checkpoint is on disk before any rank returns
     seconds = time.perf_counter() - t0
     frames = (trainer.step - first_step) * tcfg.batch_size * cfg.context
+    uncompile_layers(policy.model)  # sampling's shapes change every step: eager
     policy.model.eval()
     if main:
         logger.info("SFT done: step %d in %.1fs (%.0f frames/s)", trainer.step, seconds,
