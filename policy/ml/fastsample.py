@@ -19,7 +19,8 @@ start, reads the heads at start and draws frames start .. start + chunk - 1 (the
 chunk is drawn whole and cut): identical shapes, so on CUDA one is captured in a
 ``torch.cuda.CUDAGraph`` and replayed per step; on the CPU the same step runs eagerly. Over
 several passes (:func:`sample_passes_static`) a worker thread builds the next pass's host inputs
-while the GPU samples the current one.
+while the GPU samples the current one; the next pass's inputs go in, and the last pass's
+candidates come out, on a side stream meanwhile.
 
 On an H100 a step of 16k rows is then bound by the GPU, not by launches (eager and replayed steps
 took the same time). In PyTorch most of it went to the 256-bin heads and the inverse-CDF draw,
@@ -62,9 +63,10 @@ from .tokenizer import ActionTokenizer
 HEAD_ROWS = 4096  # rows per slice of the bin heads and the draw: the (rows, C, D, 256) float32
 #   logits and the draw's temporaries stay at a few GB, whatever the rows of a pass
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before the capture (PyTorch's recipe)
-STATIC_CUDA_ROWS = 16384  # default rows (episodes x k) of a static pass on CUDA. From ~2k rows
-#   on the GPU is busy and a step's time grows with its rows, so larger passes only save the
-#   per-pass costs (capture, inputs); peak memory stays ~6 GB at 16k rows, ~21 GB at 64k (H100)
+STATIC_CUDA_ROWS = 32768  # default rows (episodes x k) of a static pass on CUDA. From ~2k rows
+#   on the GPU is busy and a step's time grows with its rows, so larger passes save the per-pass
+#   costs (a capture, which waits for the GPU) against padding to the pass's longest episode;
+#   peak memory ~6 GB at 16k rows, ~21 GB at 64k (H100)
 
 
 # --- the draws, shared with the loop engine -------------------------------------------------
@@ -198,10 +200,14 @@ class _StaticPass:
         self.length = max(p.n_frames for p in group)
         self.rows = b = len(group) * k
         # Speaker-side inputs per episode (E, P, ...), read per step for the K rows of each.
-        self.inputs = {name: x.to(device) for name in ("speaker", "mel", "text", "video")
+        # Copies that need not wait for the GPU (``sample_passes_static`` makes a pass on a side
+        # stream while the previous one samples).
+        self.inputs = {name: x.to(device, non_blocking=True)
+                       for name in ("speaker", "mel", "text", "video")
                        if (x := host[name]) is not None}
-        self.masks = {name: host[name].to(device) for name in ("mel_mask", "video_mask")}
-        self.u = host["u"].to(device)  # (B, P, D)
+        self.masks = {name: host[name].to(device, non_blocking=True)
+                      for name in ("mel_mask", "video_mask")}
+        self.u = host["u"].to(device, non_blocking=True)  # (B, P, D)
         padded = self.u.shape[1]
         self.episode = (torch.arange(b, device=device) // k)[:, None]  # (B, 1) episode of a row
         self.ids = torch.zeros(b, padded, width, dtype=torch.int32, device=device)  # tokens
@@ -321,10 +327,36 @@ def sample_passes_static(model: VLA, tok: ActionTokenizer, groups: Sequence[Sequ
             yield sample_group_static(model, tok, group, cfg)
         return
     chunk, chol = model.cfg.chunk, model.noise_chol.cpu()
+    device = next(model.parameters()).device
+    if not supports_static(model):
+        raise ValueError(f"the static sampling engine runs the small transformer (VLA), not "
+                         f"{type(model).__name__}: sample it with engine='loop'")
+    main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    finished: tuple | None = None  # the pass whose candidates are still on the GPU
     with ThreadPoolExecutor(1) as pool:
         upcoming = pool.submit(_host_inputs, groups[0], cfg, chunk, chol)
         for i, group in enumerate(groups):
             host = upcoming.result()
             if i + 1 < len(groups):
                 upcoming = pool.submit(_host_inputs, groups[i + 1], cfg, chunk, chol)
-            yield sample_group_static(model, tok, group, cfg, host=host)
+            with torch.cuda.stream(side):  # inputs in while the previous pass still samples
+                state = _StaticPass(model, tok, group, cfg, host)
+            main.wait_stream(side)
+            state.run(graph=True, exact=False)
+            done = torch.cuda.Event()
+            done.record(main)
+            if finished is not None:  # the previous pass's candidates out, meanwhile
+                yield _fetch(*finished, side)
+            finished = (state, group, done)
+        if finished is not None:
+            yield _fetch(*finished, side)
+
+
+def _fetch(state: _StaticPass, group: Sequence[Prepared], done: torch.cuda.Event,
+           side: torch.cuda.Stream) -> list[np.ndarray]:
+    """A pass's candidates, decoded and copied on the side stream once the pass is ``done``:
+    the next pass samples on the main stream meanwhile. (The pass's buffers are freed only
+    after this returns, so the main stream never reuses memory the side stream still reads.)"""
+    side.wait_event(done)
+    with torch.cuda.stream(side):
+        return state.values(group)
