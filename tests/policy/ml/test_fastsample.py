@@ -10,7 +10,7 @@ import torch
 
 from policy.ml.config import SampleConfig
 from policy.ml.data import EpisodeData, fit_noise_coupling
-from policy.ml.fastsample import episode_seed, sample_group_static, sampling_noise
+from policy.ml.fastsample import STATIC_CUDA_ROWS, episode_seed, sample_group_static, sampling_noise
 from policy.ml.model import VLA
 from policy.ml.policy import Policy
 from policy.ml.sample import _sample_group, rows_per_pass, sample_engine, sample_prepared
@@ -158,7 +158,7 @@ def test_engines_are_named_checked_and_chosen_by_device():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert rows_per_pass(SampleConfig(), "static", cpu) == 2048
     assert rows_per_pass(SampleConfig(), "loop", cuda) == 2048
-    assert rows_per_pass(SampleConfig(), "static", cuda) == 16384
+    assert rows_per_pass(SampleConfig(), "static", cuda) == STATIC_CUDA_ROWS == 32768
     assert rows_per_pass(SampleConfig(max_rows=64), "static", cuda) == 64
     with pytest.raises(ValueError, match="CUDA graph"):
         sample_group_static(cpu_model.eval(), ActionTokenizer.fit(np.zeros((4, 18))), [],
