@@ -154,7 +154,7 @@ class SampleConfig:
     couple_dims: bool = True  # correlate the draws across dimensions (the copula fitted at
     #   training, see data.fit_noise_coupling); False: independent dimensions
     max_rows: int | None = None  # episodes x k rows per pass (bounds memory on long corpora);
-    #   None: 2048, or 32768 for the static engine on CUDA (policy.ml.sample.rows_per_pass)
+    #   None: 2048, or 16384 for the static engine on CUDA (policy.ml.sample.rows_per_pass)
     engine: str = "auto"  # "loop": the growing key/value cache; "static": fixed shapes, the step
     #   replayed from a CUDA graph on CUDA (policy.ml.fastsample); "auto": static on CUDA, loop
     #   on the CPU. Same draws: bit for bit on the CPU, up to bf16 rounding on CUDA

@@ -63,10 +63,11 @@ from .tokenizer import ActionTokenizer
 HEAD_ROWS = 4096  # rows per slice of the bin heads and the draw: the (rows, C, D, 256) float32
 #   logits and the draw's temporaries stay at a few GB, whatever the rows of a pass
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before the capture (PyTorch's recipe)
-STATIC_CUDA_ROWS = 32768  # default rows (episodes x k) of a static pass on CUDA. From ~2k rows
-#   on the GPU is busy and a step's time grows with its rows, so larger passes save the per-pass
-#   costs (a capture, which waits for the GPU) against padding to the pass's longest episode;
-#   peak memory ~6 GB at 16k rows, ~21 GB at 64k (H100)
+STATIC_CUDA_ROWS = 16384  # default rows (episodes x k) of a static pass on CUDA. From ~2k rows
+#   on the GPU is busy and a step's time grows with its rows; a pass's cost beyond its steps (the
+#   capture waits for the GPU) hides behind the neighbouring passes. 8 x 10,000 episodes on one
+#   H100: 9.9 s in passes of 32k rows, 7.7 s of 16k (one run); 8.3 s of 16k, 7.0 s of 8k (another,
+#   benchmarks.policy). Peak memory ~17 GB at 16k rows (two passes alive at once)
 
 
 # --- the draws, shared with the loop engine -------------------------------------------------

@@ -100,7 +100,7 @@ def sample_engine(model: torch.nn.Module, cfg: SampleConfig) -> str:
 
 
 def rows_per_pass(cfg: SampleConfig, engine: str, device: torch.device) -> int:
-    """``cfg.max_rows``, or by default 2048 -- and 32768 for the static engine on CUDA, whose
+    """``cfg.max_rows``, or by default 2048 -- and 16384 for the static engine on CUDA, whose
     larger passes save per-pass costs (graph capture, inputs) at bounded memory."""
     if cfg.max_rows is not None:
         return cfg.max_rows

@@ -158,7 +158,7 @@ def test_engines_are_named_checked_and_chosen_by_device():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert rows_per_pass(SampleConfig(), "static", cpu) == 2048
     assert rows_per_pass(SampleConfig(), "loop", cuda) == 2048
-    assert rows_per_pass(SampleConfig(), "static", cuda) == STATIC_CUDA_ROWS == 32768
+    assert rows_per_pass(SampleConfig(), "static", cuda) == STATIC_CUDA_ROWS == 16384
     assert rows_per_pass(SampleConfig(max_rows=64), "static", cuda) == 64
     with pytest.raises(ValueError, match="CUDA graph"):
         sample_group_static(cpu_model.eval(), ActionTokenizer.fit(np.zeros((4, 18))), [],
