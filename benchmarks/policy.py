@@ -26,8 +26,8 @@ CUDA, 100 on CPU), closed loop, on the same prepared episodes by:
 Feature preparation (``Policy.prepare``: the log-mel of all episodes together on the device) is
 timed apart, against preparing one episode after another on the CPU (on up to 1,000 of them,
 scaled to all: ``prepare_serial_estimate_s``), with the largest log-mel difference between the
-two. Timing does not depend on the weights,
-so the policy is the one the training measurement leaves.
+two. Timing does not depend on the weights, so the policy is the one the training measurement
+leaves.
 
 Results: benchmarks/results/policy-<device>.json (or ``--out``).
 """
@@ -45,7 +45,14 @@ import torch
 from benchmarks.common import machine_info, write_results
 from policy.ml import kernels
 from policy.ml.config import ModelConfig, SampleConfig, TrainConfig
-from policy.ml.data import EpisodeData, Prepared, check_episodes, episode_from, prepare_episode
+from policy.ml.data import (
+    EpisodeData,
+    Prepared,
+    check_episodes,
+    episode_from,
+    mel_options,
+    prepare_episode,
+)
 from policy.ml.fastsample import STATIC_CUDA_ROWS, use_fused_draw
 from policy.ml.features import log_mel_batch
 from policy.ml.policy import Policy
@@ -156,12 +163,10 @@ def bench_sampling(policy: Policy, episodes: Sequence[EpisodeData], k: int, max_
     t0 = time.perf_counter()
     _, prepared = policy.prepare(episodes)
     prep_s = time.perf_counter() - t0
-    mcfg = policy.cfg
     t0 = time.perf_counter()  # its log-mel part alone
     log_mel_batch([e.audio for e in episodes], [e.sample_rate for e in episodes],
                   [e.n_frames for e in episodes], [e.fps for e in episodes], device=device,
-                  n_mels=mcfg.n_mels, per_frame=mcfg.mel_per_frame, window_s=mcfg.mel_window_s,
-                  fmax=mcfg.mel_fmax)
+                  **mel_options(policy.cfg))
     mel_s = time.perf_counter() - t0
     # What preparation was before: one episode after another on the CPU, on a subset.
     serial_eps = episodes[: min(len(episodes), 1000)]

@@ -392,9 +392,10 @@ class BackboneVLA(ActionHeads, nn.Module):
         # costs the GPU nothing and waits for nothing (the sampler passes ``pos`` on the host;
         # one on the GPU is read back, which waits for the queued work).
         host = torch.arange(t) if pos is None else pos.cpu()
-        layout = {k: (v, v.to(dev, non_blocking=True)) for k, v in self._layout(host).items()}
-        slots = self.embed_slots(batch.get("text"), layout["starts"][1], b)  # (B, N, W, d)
-        frame_at, slot_at = layout["frame_at"][1], layout["slot_at"][1]
+        layout = self._layout(host)
+        on_dev = {k: v.to(dev, non_blocking=True) for k, v in layout.items()}
+        slots = self.embed_slots(batch.get("text"), on_dev["starts"], b)  # (B, N, W, d)
+        frame_at, slot_at = on_dev["frame_at"], on_dev["slot_at"]
         dtype = next(self.lm.parameters()).dtype
         seq = frames.new_empty(b, t + len(slot_at), d, dtype=dtype)
         seq[:, frame_at] = frames.to(dtype)
@@ -404,13 +405,13 @@ class BackboneVLA(ActionHeads, nn.Module):
             cache.keep_after(int(host.max()) - cfg.context)
             kv = cache.kv
         elif int(host.max() - host.min()) >= cfg.context:
-            mask = self._window_mask(layout["frame"][1], dtype)[None, None].expand(
+            mask = self._window_mask(on_dev["frame"], dtype)[None, None].expand(
                 b, 1, -1, -1)
         out = self.lm(inputs_embeds=seq, attention_mask=mask,
-                      position_ids=layout["position"][1][None].expand(b, -1),
+                      position_ids=on_dev["position"][None].expand(b, -1),
                       past_key_values=kv, use_cache=cache is not None)
         if cache is not None:
-            frame = layout["frame"][0]
+            frame = layout["frame"]  # on the host
             cache.frames = frame if cache.frames is None else torch.cat([cache.frames, frame])
         hidden = out.last_hidden_state[:, frame_at].to(frames.dtype)  # (B, T, d)
         return self.read_heads(hidden, batch, heads_at)

@@ -131,7 +131,8 @@ def _has_mel(ep: EpisodeData, cfg: ModelConfig) -> bool:
     return bool(cfg.use_audio and ep.audio is not None and len(ep.audio))
 
 
-def _mel_options(cfg: ModelConfig) -> dict[str, Any]:
+def mel_options(cfg: ModelConfig) -> dict[str, Any]:
+    """The log-mel settings of ``cfg`` as :func:`policy.ml.features.log_mel` takes them."""
     return {"n_mels": cfg.n_mels, "per_frame": cfg.mel_per_frame, "window_s": cfg.mel_window_s,
             "fmax": cfg.mel_fmax}
 
@@ -141,7 +142,7 @@ def raw_features(ep: EpisodeData, cfg: ModelConfig) -> dict[str, torch.Tensor | 
     mel = None
     if _has_mel(ep, cfg):
         mel = log_mel(ep.audio, int(ep.sample_rate), ep.n_frames, ep.fps,
-                      **_mel_options(cfg))  # (T, M)
+                      **mel_options(cfg))  # (T, M)
     return _raw_with_mel(ep, cfg, mel)
 
 
@@ -156,7 +157,7 @@ def raw_features_batch(episodes: Sequence[EpisodeData], cfg: ModelConfig, *,
     def mels() -> list[torch.Tensor]:  # (T_i, M) each
         return log_mel_batch([ep.audio for ep in audible], [int(ep.sample_rate) for ep in audible],
                              [ep.n_frames for ep in audible], [ep.fps for ep in audible],
-                             device=device, **_mel_options(cfg))
+                             device=device, **mel_options(cfg))
 
     # The log-mel (the GPU's work and the copies to it, or the CPU's kernels, which release
     # the interpreter) in a thread; the other features, Python mostly, meanwhile here.

@@ -162,6 +162,12 @@ def supports_static(model: torch.nn.Module) -> bool:
     return isinstance(model, VLA)
 
 
+def _check_static(model: torch.nn.Module) -> None:
+    if not supports_static(model):
+        raise ValueError(f"the static sampling engine runs the small transformer (VLA), not "
+                         f"{type(model).__name__}: sample it with engine='loop'")
+
+
 def _autocast(device: torch.device) -> AbstractContextManager:
     """The sampler's autocast (bf16 on CUDA). Its cache of cast weights is off on CUDA: a graph
     must cast inside itself, not reuse casts made, and freed, outside the capture."""
@@ -198,6 +204,7 @@ class _StaticPass:
         self.device = device = next(model.parameters()).device
         k, chunk, width = cfg.k, model.cfg.chunk, tok.width
         self.chunk = chunk
+        self.fused = use_fused_draw(model, cfg)  # the heads and the draw in one kernel
         self.length = max(p.n_frames for p in group)
         self.rows = b = len(group) * k
         # Speaker-side inputs per episode (E, P, ...), read per step for the K rows of each.
@@ -235,11 +242,11 @@ class _StaticPass:
         last = {"prev": batch["prev"][:, -1:], "prev_valid": batch["prev_valid"][:, -1:]}
         frames = pos[-1] + self.offsets  # (C,) the frames drawn now
         u = self.u[:, frames]  # (B, C, D)
-        fused = use_fused_draw(self.model, cfg)
-        for r in range(0, b, b if fused else HEAD_ROWS):  # fused, no logits to bound
-            rows = slice(r, r + (b if fused else HEAD_ROWS))
+        span = b if self.fused else HEAD_ROWS  # fused, there are no logits to bound
+        for r in range(0, b, span):
+            rows = slice(r, r + span)
             new = draw(self.model, x[rows], {name: v[rows] for name, v in last.items()},
-                       u[rows], cfg, fused)  # (R, C, D)
+                       u[rows], cfg, self.fused)  # (R, C, D)
             self.ids[rows].index_copy_(1, frames, new.to(self.ids.dtype))
             actions = self.tok.normalise(self.tok.decode(new))  # (R, C, D)
             self.actions[rows].index_copy_(1, frames, actions)
@@ -308,9 +315,7 @@ def sample_group_static(model: VLA, tok: ActionTokenizer, group: Sequence[Prepar
     if graph and (exact or device.type != "cuda"):
         raise ValueError("a CUDA graph needs a CUDA model and the ring read as it lies "
                          "(exact=False)")
-    if not supports_static(model):
-        raise ValueError(f"the static sampling engine runs the small transformer (VLA), not "
-                         f"{type(model).__name__}: sample it with engine='loop'")
+    _check_static(model)
     if host is None:
         host = _host_inputs(group, cfg, model.cfg.chunk, model.noise_chol.cpu())
     state = _StaticPass(model, tok, group, cfg, host)
@@ -329,9 +334,7 @@ def sample_passes_static(model: VLA, tok: ActionTokenizer, groups: Sequence[Sequ
         return
     chunk, chol = model.cfg.chunk, model.noise_chol.cpu()
     device = next(model.parameters()).device
-    if not supports_static(model):
-        raise ValueError(f"the static sampling engine runs the small transformer (VLA), not "
-                         f"{type(model).__name__}: sample it with engine='loop'")
+    _check_static(model)
     main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
     finished: tuple | None = None  # the pass whose candidates are still on the GPU
     with ThreadPoolExecutor(1) as pool:

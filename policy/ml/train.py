@@ -164,7 +164,9 @@ def compile_layers(model: torch.nn.Module) -> None:
 
 
 def uncompile_layers(model: torch.nn.Module) -> None:
-    """Undo :func:`compile_layers` (sampling feeds a few tokens at a time, in changing shapes)."""
+    """Undo :func:`compile_layers` (sampling feeds a few tokens at a time, in changing shapes).
+    ``nn.Module.compile`` keeps the compiled call in ``_compiled_call_impl`` and has no public
+    inverse; clearing it restores the module's own forward."""
     for unit in shard_units(model):
         unit._compiled_call_impl = None
 
